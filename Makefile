@@ -1,0 +1,57 @@
+# The two commands: `make run` starts the whole platform, `make test` runs the test suite.
+# Both create the virtualenv (.venv) and install the locked requirements on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+PYTEST_ARGS ?=
+
+.PHONY: run test lint format lock clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.run-deps: requirements.txt | $(BIN)/python
+	$(PIP) install -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-deps: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(PIP) install -r requirements.txt -r requirements-dev.txt
+	touch $@ $(VENV)/.run-deps
+
+# Embedded default (nothing set): SQLite and a private Redis under var/, plus web, worker, beat.
+# Production (DATABASE_URL and REDIS_URL set): web, worker and beat against those services.
+run: $(VENV)/.run-deps
+	python manage.py migrate --noinput
+	python manage.py collectstatic --noinput --verbosity 0
+	python manage.py ensure_admin
+	@echo "tradeapp: http://$${TRADEAPP_HOST:-127.0.0.1}:$${TRADEAPP_PORT:-8000}/  (Ctrl-C stops everything)"
+	exec honcho --no-prefix start $$( [ -n "$$DATABASE_URL$$REDIS_URL" ] && echo web worker beat )
+
+# With DATABASE_URL/REDIS_URL set, the production profile is tested against those services; the
+# secret key and hosts it also requires get throwaway test values unless given.
+test: $(VENV)/.dev-deps
+	@if [ -n "$$DATABASE_URL$$REDIS_URL" ]; then \
+	  export DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-$$(python -c 'import secrets; print(secrets.token_urlsafe(50))')}"; \
+	  export DJANGO_ALLOWED_HOSTS="$${DJANGO_ALLOWED_HOSTS:-localhost,127.0.0.1}"; \
+	fi; \
+	pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.dev-deps
+	ruff check .
+	ruff format --check .
+
+format: $(VENV)/.dev-deps
+	ruff check --fix .
+	ruff format .
+
+# Re-resolve the lockfiles from requirements.in / requirements-dev.in.
+lock: | $(BIN)/python
+	$(PIP) install pip-tools
+	$(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.txt requirements.in
+	$(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-dev.txt requirements-dev.in
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

