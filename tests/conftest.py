@@ -77,7 +77,7 @@ def celery_worker(django_db_setup, django_db_blocker, redis_server) -> Iterator[
     from tradeapp.celery import app
 
     hostname = f"test-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
-    log = settings.VAR_DIR / f"celery-{hostname.split('@')[0]}.log"
+    log = settings.VAR_DIR / f"celery-{hostname.split('@', maxsplit=1)[0]}.log"
     env = {**os.environ, "TRADEAPP_DATABASE_NAME": str(connection.settings_dict["NAME"])}
     argv = [
         sys.executable, "-m", "celery", "-A", "tradeapp", "worker",

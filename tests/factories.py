@@ -1,7 +1,7 @@
 import factory
 from django.contrib.auth import get_user_model
 
-DEFAULT_PASSWORD = "correct-horse-battery-staple"  # noqa: S105 - test users only
+DEFAULT_PASSWORD = "correct-horse-battery-staple"
 
 
 class UserFactory(factory.django.DjangoModelFactory):

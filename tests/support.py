@@ -21,7 +21,7 @@ def eventually(
     while True:
         try:
             value = condition()
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline, then reported
+        except Exception as exc:
             last_error, value = exc, None
         if value:
             return value

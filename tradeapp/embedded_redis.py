@@ -85,7 +85,7 @@ def _prepare(socket_path: Path) -> list[str]:
 def serve(socket_path: Path) -> None:
     """Replace this process with the Redis server (it exits cleanly on SIGTERM/SIGINT)."""
     argv = _prepare(socket_path)
-    os.execv(argv[0], argv)
+    os.execv(argv[0], argv)  # noqa: S606 - our own redis-server binary and config
 
 
 def _die_with_parent() -> None:
@@ -97,14 +97,17 @@ def _die_with_parent() -> None:
 def start(socket_path: Path) -> subprocess.Popen:
     """Start the server as a child process and wait until it answers."""
     argv = _prepare(socket_path)
-    proc = subprocess.Popen(argv, preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads yet
+    # preexec_fn is safe here: callers start the server before any thread of theirs.
+    proc = subprocess.Popen(argv, preexec_fn=_die_with_parent)  # noqa: S603, PLW1509
     deadline = time.monotonic() + READY_TIMEOUT
     while not is_running(socket_path):
         if proc.poll() is not None:
             raise RuntimeError(f"embedded Redis exited with code {proc.returncode}")
         if time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"embedded Redis did not answer on {socket_path} in {READY_TIMEOUT}s")
+            raise RuntimeError(
+                f"embedded Redis did not answer on {socket_path} in {READY_TIMEOUT}s"
+            )
         time.sleep(0.05)
     return proc
 

@@ -14,7 +14,7 @@ from tradeapp.redis_client import get_redis
 logger = logging.getLogger(__name__)
 
 # Seconds to wait for a worker to answer a ping.
-WORKER_PING_TIMEOUT = 1.0
+WORKER_PING_TIMEOUT = 0.5
 
 
 def _timed(check) -> dict[str, Any]:

@@ -3,9 +3,9 @@
 from functools import lru_cache
 
 import redis
+from django.conf import settings
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
-from django.conf import settings
 
 
 @lru_cache(maxsize=4)

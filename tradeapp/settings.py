@@ -62,8 +62,9 @@ if PRODUCTION:
     _db = env.db_url_config(_database_url)
     if _db["ENGINE"] != "django.db.backends.postgresql":
         raise ImproperlyConfigured(
-            f"DATABASE_URL must point at PostgreSQL in the production profile, not {_db['ENGINE']}; "
-            "SQLite is only for the embedded default (unset DATABASE_URL and REDIS_URL)."
+            "DATABASE_URL must point at PostgreSQL in the production profile, not "
+            f"{_db['ENGINE']}; SQLite is only for the embedded default "
+            "(unset DATABASE_URL and REDIS_URL)."
         )
     if not _redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ImproperlyConfigured("REDIS_URL must be a redis://, rediss:// or unix:// URL.")

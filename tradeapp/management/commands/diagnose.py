@@ -11,7 +11,9 @@ class Command(BaseCommand):
     help = "Check database, Redis and workers, then run one task through a worker and back."
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the task")
+        parser.add_argument(
+            "--timeout", type=float, default=30.0, help="seconds to wait for the task"
+        )
 
     def handle(self, *args, **options) -> None:
         health = system_health()
