@@ -27,6 +27,9 @@ __all__ = ["eventually"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # `make run` and deployments fill STATIC_ROOT with collectstatic; the suite serves from the
+    # app folders, but WhiteNoise expects the directory as soon as the ASGI app is imported.
+    settings.STATIC_ROOT.mkdir(parents=True, exist_ok=True)
     # CI sets TRADEAPP_REQUIRE_SERVICES=1: the run must be against PostgreSQL and a Redis server,
     # never a silent fall-back to the embedded profile.
     if os.environ.get("TRADEAPP_REQUIRE_SERVICES") == "1":
@@ -121,13 +124,6 @@ def staff_user(db):
 @pytest.fixture
 def user_factory():
     return UserFactory
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _static_root() -> None:
-    # `make run` and deployments fill STATIC_ROOT with collectstatic; the suite serves from the
-    # app folders, but WhiteNoise still expects the directory.
-    settings.STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 
 @pytest.fixture(scope="session")
