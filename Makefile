@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format lock clean
+.PHONY: run test lint format lock clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,14 +21,17 @@ $(VENV)/.dev-deps: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(PIP) install -r requirements.txt -r requirements-dev.txt
 	touch $@ $(VENV)/.run-deps
 
-# Embedded default (nothing set): SQLite and a private Redis under var/, plus web, worker, beat.
-# Production (DATABASE_URL and REDIS_URL set): web, worker and beat against those services.
+# Embedded default (nothing set): SQLite and a private Redis under var/, plus web, worker, beat,
+# collector, with the demo's simulated exchange (TRADEAPP_DEMO=1 adds it in production too).
+# Production (DATABASE_URL and REDIS_URL set): web, worker, beat and collector on those services.
 run: $(VENV)/.run-deps
 	python manage.py migrate --noinput
 	python manage.py collectstatic --noinput --verbosity 0
 	python manage.py ensure_admin
+	@if [ -z "$$DATABASE_URL$$REDIS_URL" ] || [ "$${TRADEAPP_DEMO:-0}" = 1 ]; then \
+	  python manage.py demo_setup; fi
 	@echo "tradeapp: http://$${TRADEAPP_HOST:-127.0.0.1}:$${TRADEAPP_PORT:-8000}/  (Ctrl-C stops everything)"
-	exec honcho --no-prefix start $$( [ -n "$$DATABASE_URL$$REDIS_URL" ] && echo web worker beat )
+	exec honcho --no-prefix start $$( [ -n "$$DATABASE_URL$$REDIS_URL" ] && echo web worker beat collector )
 
 # With DATABASE_URL/REDIS_URL set, the production profile is tested against those services; the
 # secret key and hosts it also requires get throwaway test values unless given.
@@ -55,3 +58,9 @@ lock: | $(BIN)/python
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
+
+# Every bench/bench_*.py against its baseline, printed as one table of ratios.
+# BENCH_ARGS="--quick" for small sizes, "--only aggregation" for one module.
+BENCH_ARGS ?=
+bench: $(VENV)/.dev-deps
+	python -m bench.run $(BENCH_ARGS)

@@ -1,0 +1,310 @@
+"""Writes of the marketdata app: raw ticks, rejects, candles, collection status."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from marketdata.aggregation import TIMEFRAMES, parse_timeframe, resample_candles
+from marketdata.models import Candle, CollectionStatus, Instrument, RawTick, RejectedTick
+
+CANDLE_FIELDS = ("open", "high", "low", "close", "volume", "trades", "source")
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def datetime_to_ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def to_decimal(value: float) -> Decimal:
+    """Kernel float -> model Decimal, through its shortest repr (1.1 stays 1.1)."""
+    return Decimal(repr(float(value)))
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-safe copy of a raw payload: NaN/inf and unknown types become strings."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class TickRow:
+    instrument_id: int
+    trade_id: str | None
+    time: datetime
+    price: Decimal
+    amount: Decimal
+    side: str
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RejectRow:
+    exchange: str
+    symbol: str
+    instrument_id: int | None
+    payload: Any
+    reason: str
+    received_at: datetime
+
+
+_COPY_COLUMNS = "instrument_id, trade_id, time, price, amount, side, received_at"
+
+
+def ticks_store(rows: Sequence[TickRow]) -> list[TickRow]:
+    """Store raw ticks; return the rows refused as duplicates of a stored (instrument, trade id).
+
+    PostgreSQL: COPY into a temporary table, then one INSERT ... ON CONFLICT DO NOTHING. SQLite:
+    one query for the ids already stored, then ``bulk_create``.
+    """
+    if not rows:
+        return []
+    if connection.vendor == "postgresql":
+        return _ticks_store_copy(rows)
+    return _ticks_store_bulk(rows)
+
+
+def _ticks_store_copy(rows: Sequence[TickRow]) -> list[TickRow]:
+    table = RawTick._meta.db_table
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS rawtick_incoming "
+            "(instrument_id bigint, trade_id varchar(64), time timestamptz, price numeric, "
+            "amount numeric, side varchar(4), received_at timestamptz) ON COMMIT DELETE ROWS"
+        )
+        with cursor.cursor.copy(f"COPY rawtick_incoming ({_COPY_COLUMNS}) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row(
+                    (r.instrument_id, r.trade_id, r.time, r.price, r.amount, r.side, r.received_at)
+                )
+        cursor.execute(
+            f"INSERT INTO {table} ({_COPY_COLUMNS}) "  # noqa: S608 - our own table name
+            f"SELECT {_COPY_COLUMNS} FROM rawtick_incoming "
+            "ON CONFLICT (instrument_id, trade_id) WHERE trade_id IS NOT NULL DO NOTHING "
+            "RETURNING instrument_id, trade_id"
+        )
+        inserted = {(i, t) for i, t in cursor.fetchall() if t is not None}
+    return [
+        r for r in rows if r.trade_id is not None and (r.instrument_id, r.trade_id) not in inserted
+    ]
+
+
+def _ticks_store_bulk(rows: Sequence[TickRow]) -> list[TickRow]:
+    with transaction.atomic():
+        by_instrument: dict[int, set[str]] = {}
+        for r in rows:
+            if r.trade_id is not None:
+                by_instrument.setdefault(r.instrument_id, set()).add(r.trade_id)
+        stored: set[tuple[int, str]] = set()
+        for instrument_id, ids in by_instrument.items():
+            stored.update(
+                (instrument_id, t)
+                for t in RawTick.objects.filter(
+                    instrument_id=instrument_id, trade_id__in=ids
+                ).values_list("trade_id", flat=True)
+            )
+        fresh, duplicates, seen = [], [], set(stored)
+        for r in rows:
+            key = (r.instrument_id, r.trade_id)
+            if r.trade_id is not None and key in seen:
+                duplicates.append(r)
+                continue
+            seen.add(key)
+            fresh.append(RawTick(**{f: getattr(r, f) for f in TickRow.__slots__}))
+        RawTick.objects.bulk_create(fresh, batch_size=2000)
+    return duplicates
+
+
+def rejects_store(rows: Iterable[RejectRow]) -> int:
+    objs = [
+        RejectedTick(
+            exchange=r.exchange[:50],
+            symbol=(r.symbol or "")[:64],
+            instrument_id=r.instrument_id,
+            payload=jsonable(r.payload),
+            reason=r.reason[:200],
+            received_at=r.received_at,
+        )
+        for r in rows
+    ]
+    RejectedTick.objects.bulk_create(objs, batch_size=2000)
+    return len(objs)
+
+
+def candles_upsert(
+    *,
+    instrument_id: int,
+    timeframe: str,
+    candles: dict[str, np.ndarray] | Sequence[dict[str, Any]],
+    source: str = Candle.Source.TICKS,
+    only_missing: bool = False,
+) -> int:
+    """Insert or update candles (idempotent on instrument, timeframe, close time).
+
+    ``candles`` is a dict of arrays (``aggregation`` output) or a list of candle dicts, with
+    ``timestamp`` the close time in epoch ms. ``only_missing`` keeps candles already stored
+    (a backfill never overwrites what was built from our own ticks).
+    """
+    parse_timeframe(timeframe)
+    if isinstance(candles, dict):
+        n = len(candles["timestamp"])
+        items = [{k: candles[k][i] for k in candles} for i in range(n)]
+    else:
+        items = list(candles)
+    if not items:
+        return 0
+    objs = [
+        Candle(
+            instrument_id=instrument_id,
+            timeframe=timeframe,
+            close_time=ms_to_datetime(int(c["timestamp"])),
+            open=to_decimal(c["open"]),
+            high=to_decimal(c["high"]),
+            low=to_decimal(c["low"]),
+            close=to_decimal(c["close"]),
+            volume=to_decimal(c["volume"]),
+            trades=int(c.get("trades", 0) or 0),
+            source=source,
+        )
+        for c in items
+    ]
+    if only_missing:
+        Candle.objects.bulk_create(objs, batch_size=2000, ignore_conflicts=True)
+    else:
+        Candle.objects.bulk_create(
+            objs,
+            batch_size=2000,
+            update_conflicts=True,
+            unique_fields=["instrument", "timeframe", "close_time"],
+            update_fields=[*CANDLE_FIELDS, "updated_at"],
+        )
+    return len(objs)
+
+
+def candles_arrays(
+    *, instrument_id: int, timeframe: str, start_ms: int | None = None, end_ms: int | None = None
+) -> dict[str, np.ndarray]:
+    """Stored candles with close time in (start_ms, end_ms] as float/int arrays, ascending."""
+    qs = Candle.objects.filter(instrument_id=instrument_id, timeframe=timeframe)
+    if start_ms is not None:
+        qs = qs.filter(close_time__gt=ms_to_datetime(start_ms))
+    if end_ms is not None:
+        qs = qs.filter(close_time__lte=ms_to_datetime(end_ms))
+    rows = list(
+        qs.order_by("close_time").values_list(
+            "close_time", "open", "high", "low", "close", "volume", "trades"
+        )
+    )
+    return {
+        "timestamp": np.array([datetime_to_ms(r[0]) for r in rows], dtype=np.int64),
+        "open": np.array([float(r[1]) for r in rows], dtype=np.float64),
+        "high": np.array([float(r[2]) for r in rows], dtype=np.float64),
+        "low": np.array([float(r[3]) for r in rows], dtype=np.float64),
+        "close": np.array([float(r[4]) for r in rows], dtype=np.float64),
+        "volume": np.array([float(r[5]) for r in rows], dtype=np.float64),
+        "trades": np.array([r[6] for r in rows], dtype=np.int64),
+    }
+
+
+def candles_rebuild_higher(
+    *, instrument: Instrument, start_ms: int, end_ms: int
+) -> dict[str, list[int]]:
+    """Recompute every higher-timeframe candle of ``instrument`` whose interval overlaps
+    (start_ms, end_ms], from the stored 1m candles. Returns the close times written per timeframe.
+    """
+    written: dict[str, list[int]] = {}
+    for timeframe in instrument.timeframes:
+        if timeframe == "1m":
+            continue
+        interval = parse_timeframe(timeframe) * 1000
+        lo = (start_ms // interval) * interval  # open of the first affected higher candle
+        hi = -(-end_ms // interval) * interval  # close of the last affected higher candle
+        minute = candles_arrays(instrument_id=instrument.pk, timeframe="1m", start_ms=lo, end_ms=hi)
+        if len(minute["timestamp"]) == 0:
+            continue
+        higher = resample_candles(minute, timeframe)
+        candles_upsert(instrument_id=instrument.pk, timeframe=timeframe, candles=higher)
+        written[timeframe] = [int(t) for t in higher["timestamp"]]
+    return written
+
+
+def status_record(
+    *,
+    instrument_id: int,
+    ticks: int = 0,
+    rejects: int = 0,
+    last_tick_at: datetime | None = None,
+    last_candle_at: datetime | None = None,
+    state: str | None = None,
+    error: str | None = None,
+) -> None:
+    """Add counts and move the collection status of one instrument forward."""
+    now = timezone.now()
+    CollectionStatus.objects.get_or_create(instrument_id=instrument_id)
+    updates: dict[str, Any] = {
+        "ticks_count": F("ticks_count") + ticks,
+        "rejects_count": F("rejects_count") + rejects,
+        "heartbeat_at": now,
+    }
+    if last_tick_at is not None:
+        updates["last_tick_at"] = last_tick_at
+    if last_candle_at is not None:
+        updates["last_candle_at"] = last_candle_at
+    if state is not None:
+        updates["state"] = state
+    if error is not None:
+        updates["last_error"] = error[:2000]
+        updates["last_error_at"] = now
+    CollectionStatus.objects.filter(instrument_id=instrument_id).update(**updates)
+
+
+def instrument_ensure(
+    *, exchange_id: str, symbol: str, timeframes: Sequence[str] = TIMEFRAMES
+) -> Instrument:
+    """Get or create the instrument ``symbol`` (``BASE/QUOTE[:SETTLE]``) on an existing exchange."""
+    from marketdata.models import Exchange
+
+    exchange = Exchange.objects.get(ccxt_id=exchange_id)
+    base, _, rest = symbol.partition("/")
+    quote = rest.split(":", 1)[0]
+    if not base or not quote:
+        raise ValueError(f"symbol {symbol!r} is not of the form BASE/QUOTE")
+    instrument, _ = Instrument.objects.get_or_create(
+        exchange=exchange,
+        symbol=symbol,
+        defaults={"base": base, "quote": quote, "timeframes": list(timeframes)},
+    )
+    return instrument
+
+
+def json_candle(candle: dict[str, Any]) -> dict[str, Any]:
+    """A candle dict with JSON-native values, for events."""
+    return {
+        "timestamp": int(candle["timestamp"]),
+        **{k: float(candle[k]) for k in ("open", "high", "low", "close", "volume")},
+        "trades": int(candle.get("trades", 0) or 0),
+    }
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(jsonable(value))
