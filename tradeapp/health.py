@@ -48,12 +48,40 @@ def _workers() -> dict[str, Any]:
     return {"workers": workers}
 
 
+# Seconds without a collector heartbeat after which market-data collection counts as down.
+COLLECTOR_STALE_AFTER = 60
+
+
+def _collection() -> dict[str, Any]:
+    from marketdata.selectors import collection_overview
+
+    overview = collection_overview()
+    stale = [i["instrument"] for i in overview if i["heartbeat_age_s"] is None
+             or i["heartbeat_age_s"] > COLLECTOR_STALE_AFTER]  # fmt: skip
+    if stale:
+        raise RuntimeError(f"collector silent for more than {COLLECTOR_STALE_AFTER}s: {stale}")
+    lags = [i["lag_s"] for i in overview if i["lag_s"] is not None]
+    return {
+        "instruments": len(overview),
+        "max_lag_s": max(lags) if lags else None,
+        "rejects": sum(i["rejects"] for i in overview),
+    }
+
+
 def system_health() -> dict[str, Any]:
-    """Check every part; ``ok`` is true only when all are up."""
+    """Check every part; ``ok`` is true only when all are up.
+
+    ``collection`` is down when an active instrument's collector has not reported for
+    ``COLLECTOR_STALE_AFTER`` seconds (with no active instrument it is up, with nothing to do).
+    """
     parts = {"database": _timed(_database), "redis": _timed(_redis)}
     if parts["redis"]["ok"]:
         parts["celery"] = _timed(_workers)
     else:
         # Workers are reached through Redis: with Redis down they cannot be asked.
         parts["celery"] = {"ok": False, "error": "broker (Redis) unreachable", "ms": 0.0}
+    if parts["database"]["ok"]:
+        parts["collection"] = _timed(_collection)
+    else:
+        parts["collection"] = {"ok": False, "error": "database unreachable", "ms": 0.0}
     return {"ok": all(p["ok"] for p in parts.values()), **parts}

@@ -14,10 +14,12 @@ def healthz(request: HttpRequest) -> JsonResponse:
     """
     health = system_health()
     if not (request.user.is_authenticated and request.user.is_staff):
-        for name in ("database", "redis", "celery"):
+        for name in ("database", "redis", "celery", "collection"):
             part = health[name]
             health[name] = {"ok": part["ok"], "ms": part["ms"]}
             if name == "celery" and part["ok"]:
                 health[name]["workers"] = len(part["workers"])
+            if name == "collection" and part["ok"]:
+                health[name]["instruments"] = part["instruments"]
     health["status"] = "ok" if health["ok"] else "unavailable"
     return JsonResponse(health, status=200 if health["ok"] else 503)

@@ -47,3 +47,37 @@ def test_healthz_503_when_redis_is_unreachable(client, settings, staff_user):
 @pytest.mark.django_db
 def test_healthz_only_answers_safe_methods(client):
     assert client.post("/healthz").status_code == 405
+
+
+@pytest.mark.django_db
+def test_healthz_reports_a_silent_collector(client, staff_user):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from marketdata.models import CollectionStatus, Exchange
+    from marketdata.services import instrument_ensure
+
+    Exchange.objects.create(ccxt_id="simulated", name="Simulated", kind="simulated")
+    instrument = instrument_ensure(exchange_id="simulated", symbol="BTC/USDT")
+    client.force_login(staff_user)
+
+    body = client.get("/healthz").json()
+    assert body["collection"]["ok"] is False  # never reported
+    assert "simulated:BTC/USDT" in body["collection"]["error"]
+
+    CollectionStatus.objects.create(
+        instrument=instrument, state="running", heartbeat_at=timezone.now(),
+        last_tick_at=timezone.now() - timedelta(seconds=3), rejects_count=2,
+    )  # fmt: skip
+    collection = client.get("/healthz").json()["collection"]
+    assert collection["ok"] is True
+    assert collection["instruments"] == 1 and collection["rejects"] == 2
+    assert 2 < collection["max_lag_s"] < 60
+
+    CollectionStatus.objects.filter(instrument=instrument).update(
+        heartbeat_at=timezone.now() - timedelta(minutes=5)
+    )
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["collection"]["ok"] is False
