@@ -58,8 +58,9 @@ def test_backfill_command_stores_close_stamped_candles_and_resumes(instrument):
 
     # "Interrupted" then resumed over a longer range: it continues after the newest candle and
     # stores every minute once.
-    call_command("backfill", "simulated", "ETH/USDT", "--since", str(since),
-                 "--until", str(until + 60 * MIN))  # fmt: skip
+    call_command(
+        "backfill", "simulated", "ETH/USDT", "--since", str(since), "--until", str(until + 60 * MIN)
+    )
     resumed = stored(instrument)
     assert (
         resumed["timestamp"].tolist()
@@ -84,15 +85,24 @@ def test_backfill_command_refuses_unknown_instrument_and_bad_times(instrument):
     with pytest.raises(CommandError, match="not a time"):
         call_command("backfill", "simulated", "ETH/USDT", "--since", "yesterday")
     with pytest.raises(CommandError, match="--until must be after --since"):
-        call_command("backfill", "simulated", "ETH/USDT", "--since", "2026-01-02",
-                     "--until", "2026-01-01")  # fmt: skip
+        call_command(
+            "backfill", "simulated", "ETH/USDT", "--since", "2026-01-02", "--until", "2026-01-01"
+        )
 
 
 def test_gaps_are_found_and_refilled_exactly(instrument):
     provider = SimulatedProvider(seed=11)
     end = START + 120 * MIN
-    asyncio.run(backfill(provider, instrument_id=instrument.pk, symbol="ETH/USDT",
-                         timeframe="1m", since_ms=START, until_ms=end))  # fmt: skip
+    asyncio.run(
+        backfill(
+            provider,
+            instrument_id=instrument.pk,
+            symbol="ETH/USDT",
+            timeframe="1m",
+            since_ms=START,
+            until_ms=end,
+        )
+    )
     complete = stored(instrument)
     hole = [START + k * MIN for k in (10, 11, 12, 50)]
     Candle.objects.filter(timeframe="1m", close_time__in=[_dt(t) for t in hole]).delete()
@@ -103,8 +113,11 @@ def test_gaps_are_found_and_refilled_exactly(instrument):
         Gap(START + 49 * MIN, START + 51 * MIN, 1),
     ]
 
-    filled = asyncio.run(refill_gaps(provider, instrument_id=instrument.pk, symbol="ETH/USDT",
-                                     start_ms=START, end_ms=end))  # fmt: skip
+    filled = asyncio.run(
+        refill_gaps(
+            provider, instrument_id=instrument.pk, symbol="ETH/USDT", start_ms=START, end_ms=end
+        )
+    )
     assert filled == 4
     after = stored(instrument)
     assert after["timestamp"].tolist() == complete["timestamp"].tolist()
@@ -123,8 +136,16 @@ def test_find_gaps_reports_a_missing_tail_and_an_empty_range(instrument):
 def test_refill_gaps_task_runs_in_a_real_worker(instrument, celery_worker):
     provider = SimulatedProvider(seed=11)
     end = (int(time.time() * 1000) // MIN) * MIN - 2 * MIN
-    asyncio.run(backfill(provider, instrument_id=instrument.pk, symbol="ETH/USDT",
-                         timeframe="1m", since_ms=end - 90 * MIN, until_ms=end))  # fmt: skip
+    asyncio.run(
+        backfill(
+            provider,
+            instrument_id=instrument.pk,
+            symbol="ETH/USDT",
+            timeframe="1m",
+            since_ms=end - 90 * MIN,
+            until_ms=end,
+        )
+    )
     missing = [end - 30 * MIN, end - 29 * MIN]
     Candle.objects.filter(timeframe="1m", close_time__in=[_dt(t) for t in missing]).delete()
 

@@ -59,8 +59,15 @@ class Clock:
 
 
 def trade(i: int, ts: int, price: float = 100.0, amount: float = 1.0, **extra) -> dict:
-    return {"symbol": "BTC/USDT", "id": str(i), "timestamp": ts, "price": price,
-            "amount": amount, "side": "buy", **extra}  # fmt: skip
+    return {
+        "symbol": "BTC/USDT",
+        "id": str(i),
+        "timestamp": ts,
+        "price": price,
+        "amount": amount,
+        "side": "buy",
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -89,10 +96,18 @@ async def collect(provider: DataProvider, clock: Clock, *, settle_ms: int | None
 
 
 def test_validate_trade_accepts_a_good_row():
-    tick = validate_trade(trade(1, T0 + 5, price="101.5", amount=0.25), now_ms=T0 + 10,
-                          last_closed_ms=T0, max_future_ms=60_000)  # fmt: skip
-    assert (tick.ts_ms, tick.price, tick.amount, tick.trade_id) == (T0 + 5, Decimal("101.5"),
-                                                                    Decimal("0.25"), "1")  # fmt: skip
+    tick = validate_trade(
+        trade(1, T0 + 5, price="101.5", amount=0.25),
+        now_ms=T0 + 10,
+        last_closed_ms=T0,
+        max_future_ms=60_000,
+    )
+    assert (tick.ts_ms, tick.price, tick.amount, tick.trade_id) == (
+        T0 + 5,
+        Decimal("101.5"),
+        Decimal("0.25"),
+        "1",
+    )
 
 
 @pytest.mark.parametrize(
@@ -116,8 +131,9 @@ def test_validate_trade_accepts_a_good_row():
 )
 def test_validate_trade_rejects_bad_rows_with_reason(row, reason):
     with pytest.raises(TickRejected, match=reason):
-        validate_trade({**trade(1, T0 + 5), **row}, now_ms=T0 + 10, last_closed_ms=T0,
-                       max_future_ms=60_000)  # fmt: skip
+        validate_trade(
+            {**trade(1, T0 + 5), **row}, now_ms=T0 + 10, last_closed_ms=T0, max_future_ms=60_000
+        )
 
 
 @pytest.mark.asyncio
@@ -128,7 +144,10 @@ async def test_collector_stores_ticks_and_builds_candles_in_all_timeframes(instr
     # Exchange-like prices and amounts (few decimals): stored exactly on SQLite and PostgreSQL.
     price = np.round(100 + np.cumsum(rng.normal(0, 0.1, n)), 2)
     volume = np.round(rng.uniform(0.01, 2, n), 4)
-    trades = [trade(i, int(t), float(p), float(v)) for i, (t, p, v) in enumerate(zip(ts, price, volume, strict=True))]  # fmt: skip
+    trades = [
+        trade(i, int(t), float(p), float(v))
+        for i, (t, p, v) in enumerate(zip(ts, price, volume, strict=True))
+    ]
     clock = Clock(T0 + 16 * MIN + 5_000)
 
     got_signals: list[dict] = []
@@ -149,8 +168,9 @@ async def test_collector_stores_ticks_and_builds_candles_in_all_timeframes(instr
         expected = aggregate_arrays(ts, price, volume, timeframe)
         stored = await sync_to_async(list)(
             Candle.objects.filter(instrument=instrument, timeframe=timeframe)
-            .order_by("close_time").values_list("close_time", "open", "high", "low", "close", "volume", "trades")
-        )  # fmt: skip
+            .order_by("close_time")
+            .values_list("close_time", "open", "high", "low", "close", "volume", "trades")
+        )
         assert [int(r[0].timestamp() * 1000) for r in stored] == expected["timestamp"].tolist()
         assert [float(r[1]) for r in stored] == expected["open"].tolist()
         assert [float(r[2]) for r in stored] == expected["high"].tolist()
@@ -197,13 +217,23 @@ async def test_collector_rejects_bad_rows_keeps_them_and_continues(instrument):
     ]
     await collect(ScriptedProvider(rows), Clock(T0 + 30_000))
 
-    assert await sync_to_async(list)(RawTick.objects.order_by("time").values_list("trade_id", flat=True)) == ["1", "8"]  # fmt: skip
-    rejects = await sync_to_async(list)(RejectedTick.objects.order_by("id").values("symbol", "reason", "payload"))  # fmt: skip
+    assert await sync_to_async(list)(
+        RawTick.objects.order_by("time").values_list("trade_id", flat=True)
+    ) == ["1", "8"]
+    rejects = await sync_to_async(list)(
+        RejectedTick.objects.order_by("id").values("symbol", "reason", "payload")
+    )
     reasons = [r["reason"] for r in rejects]
     assert len(rejects) == 7
-    for fragment in ["price is not a number", "price is not positive", "amount is not positive",
-                     "price is not finite", "in the future", "duplicate trade id 1",
-                     "unknown symbol 'DOGE/XYZ'"]:  # fmt: skip
+    for fragment in [
+        "price is not a number",
+        "price is not positive",
+        "amount is not positive",
+        "price is not finite",
+        "in the future",
+        "duplicate trade id 1",
+        "unknown symbol 'DOGE/XYZ'",
+    ]:
         assert any(fragment in r for r in reasons), fragment
     # The raw payload is kept, NaN included (as text: JSON has no NaN).
     nan_row = next(r for r in rejects if "finite" in r["reason"])
@@ -228,8 +258,11 @@ async def test_collector_restart_restores_the_open_candle_and_refuses_replays(in
     assert await sync_to_async(Candle.objects.filter(timeframe="1m").count)() == 0  # still open
 
     # Restarted: the provider replays what we already have, then new trades.
-    second = [*first[-5:], *[trade(100 + i, T0 + MIN + 30_000 + i * 1_000, price=50) for i in range(5)],
-              trade(200, T0 + 2 * MIN + 5_000, price=77)]  # fmt: skip
+    second = [
+        *first[-5:],
+        *[trade(100 + i, T0 + MIN + 30_000 + i * 1_000, price=50) for i in range(5)],
+        trade(200, T0 + 2 * MIN + 5_000, price=77),
+    ]
     # The restarted collector takes minutes that may have missed trades from the provider;
     # this one has no candles to offer, so the candle is built from the stored and new ticks.
     await collect(ScriptedProvider(second), Clock(T0 + 3 * MIN + 10_000))
@@ -254,13 +287,21 @@ async def test_collector_takes_missed_minutes_from_the_provider_after_restart(in
     await collect(ScriptedProvider([trade(1, T0 + 10_000)]), Clock(T0 + 2 * MIN))
     # The collector was down from T0+2m to T0+5m30s; the exchange knows those minutes.
     exchange_candles = [
-        {"timestamp": T0 + k * MIN, "open": 10.0 + k, "high": 200.0 + k, "low": 5.0, "close": 11.0, "volume": 3.0}
+        {
+            "timestamp": T0 + k * MIN,
+            "open": 10.0 + k,
+            "high": 200.0 + k,
+            "low": 5.0,
+            "close": 11.0,
+            "volume": 3.0,
+        }
         for k in range(2, 6)
-    ]  # fmt: skip
+    ]
     await collect(
         ScriptedProvider([trade(2, T0 + 5 * MIN + 40_000)], exchange_candles),
-        Clock(T0 + 5 * MIN + 50_000), settle_ms=T0 + 7 * MIN,
-    )  # fmt: skip
+        Clock(T0 + 5 * MIN + 50_000),
+        settle_ms=T0 + 7 * MIN,
+    )
     rows = await sync_to_async(list)(
         Candle.objects.filter(timeframe="1m")
         .order_by("close_time")
