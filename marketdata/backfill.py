@@ -37,6 +37,9 @@ def _resume_point(instrument_id: int, timeframe: str, since_ms: int, until_ms: i
 
 
 def _store_page(instrument_id: int, timeframe: str, page: list[dict]) -> None:
+    # Exchanges send flat zero-volume candles for intervals without trades; by our convention
+    # an empty interval has no candle.
+    page = [c for c in page if float(c["volume"]) > 0]
     services.candles_upsert(
         instrument_id=instrument_id,
         timeframe=timeframe,
