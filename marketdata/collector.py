@@ -158,8 +158,10 @@ class DataCollector:
         flush_interval: float = 1.0,
         close_grace_ms: int = 2_000,
         max_future_ms: int = 60_000,
+        restart_delay: float = 30.0,
     ) -> None:
         self.providers: dict[str, DataProvider] = {}
+        self.restart_delay = restart_delay
         self.states: dict[tuple[str, str], InstrumentState] = {}
         self.clock = clock
         self.flush_interval = flush_interval
@@ -295,9 +297,6 @@ class DataCollector:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.flush_interval)
                 await self.tick()
-                for task in streams:
-                    if task.done() and task.exception() is not None:
-                        raise task.exception()
         finally:
             for task in [*streams, catch_up]:
                 task.cancel()
@@ -460,11 +459,28 @@ class DataCollector:
                 self._provider_events.append((state.exchange, "error", f"catch-up: {exc}"))
 
     async def _consume(self, name: str, provider: DataProvider) -> None:
+        """Feed one provider's stream into ``process_raw_data``; supervise it.
+
+        Providers retry transient failures themselves; a stream that still ends with an error
+        (``ProviderError``: bad symbol, bad credentials...) is reported on the instruments'
+        status and restarted after ``restart_delay`` seconds, so one broken exchange neither
+        stops the others nor the process.
+        """
         symbols = self._symbols_for(provider)
-        async for item in provider.stream_trades(symbols):
-            raw = item if isinstance(item, dict) else {"info": item}
-            raw.setdefault("exchange", provider.exchange_id)
-            self.process_raw_data(raw)
+        while True:
+            try:
+                async for item in provider.stream_trades(symbols):
+                    raw = item if isinstance(item, dict) else {"info": item}
+                    raw.setdefault("exchange", provider.exchange_id)
+                    self.process_raw_data(raw)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported, then the stream is restarted
+                logger.exception("%s stream failed", name)
+                self._provider_events.append((provider.exchange_id, "error", f"{exc}"))
+            else:
+                return  # a finite source (a replayed file) ended
+            await asyncio.sleep(self.restart_delay)
 
     async def _exchange_minute(self, state: InstrumentState, candle: dict[str, Any]) -> dict:
         provider = self._provider_for(state.exchange)

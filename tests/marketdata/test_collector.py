@@ -21,7 +21,7 @@ from marketdata.aggregation import aggregate_arrays
 from marketdata.collector import DataCollector, TickRejected, candle_closed, validate_trade
 from marketdata.models import Candle, CollectionStatus, Exchange, RawTick, RejectedTick
 from marketdata.providers.base import Candle as CandleDict
-from marketdata.providers.base import DataProvider, RawTrade
+from marketdata.providers.base import DataProvider, ProviderError, RawTrade
 from marketdata.services import instrument_ensure
 from tradeapp.redis_client import get_redis
 
@@ -318,3 +318,39 @@ def _dt(ms: int):
     from marketdata.services import ms_to_datetime
 
     return ms_to_datetime(ms)
+
+
+class BrokenProvider(ScriptedProvider):
+    """Yields its rows, then fails the way a misconfigured exchange does."""
+
+    def __init__(self, trades):
+        super().__init__(trades)
+        self.starts = 0
+
+    async def stream_trades(self, symbols):
+        self.starts += 1
+        for row in self.trades:
+            yield {"exchange": self.exchange_id, **row}
+        raise ProviderError("exchange says: invalid API key")
+
+
+@pytest.mark.asyncio
+async def test_collector_reports_a_failing_stream_and_restarts_it(instrument):
+    provider = BrokenProvider([trade(1, T0 + 1_000)])
+    collector = DataCollector(clock=Clock(T0 + 5_000), flush_interval=0.05, restart_delay=0.1)
+    collector.register_provider("scripted", provider)
+    stop = asyncio.Event()
+    task = asyncio.create_task(collector.run(["BTC/USDT"], stop=stop))
+    for _ in range(200):
+        await asyncio.sleep(0.02)
+        status = await sync_to_async(CollectionStatus.objects.filter(instrument=instrument).first)()
+        if provider.starts >= 2 and status is not None and status.last_error:
+            break
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert provider.starts >= 2  # restarted, the process kept running
+    status = await sync_to_async(CollectionStatus.objects.get)(instrument=instrument)
+    assert "invalid API key" in status.last_error
+    assert status.last_error_at is not None
+    # The restarted stream's repeat of trade 1 is refused as a duplicate; it is stored once.
+    assert await sync_to_async(RawTick.objects.count)() == 1
