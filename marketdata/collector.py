@@ -475,7 +475,7 @@ class DataCollector:
                     self.process_raw_data(raw)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - reported, then the stream is restarted
+            except Exception as exc:
                 logger.exception("%s stream failed", name)
                 self._provider_events.append((provider.exchange_id, "error", f"{exc}"))
             else:
