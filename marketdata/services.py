@@ -11,7 +11,8 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
-from django.db import connection, transaction
+import psycopg
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -84,19 +85,39 @@ def ticks_store(rows: Sequence[TickRow]) -> list[TickRow]:
     return _ticks_store_bulk(rows)
 
 
+_COPY_TYPES = ["int8", "varchar", "timestamptz", "numeric", "numeric", "varchar", "timestamptz"]
+
+
+def _copy_rows(cursor, table: str, rows: Sequence[TickRow]) -> None:
+    # Binary COPY: psycopg's C dumpers, no text formatting and parsing of every value.
+    with cursor.cursor.copy(f"COPY {table} ({_COPY_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(_COPY_TYPES)
+        for r in rows:
+            copy.write_row(
+                (r.instrument_id, r.trade_id, r.time, r.price, r.amount, r.side, r.received_at)
+            )
+
+
 def _ticks_store_copy(rows: Sequence[TickRow]) -> list[TickRow]:
+    """COPY straight into the table; if a row repeats a stored trade id (the unique index says
+    so), undo and go through a staging table with ON CONFLICT DO NOTHING, which names them.
+
+    The collector already refuses repeats it can see, so the direct path is the usual one.
+    """
     table = RawTick._meta.db_table
     with transaction.atomic(), connection.cursor() as cursor:
+        try:
+            with transaction.atomic():  # savepoint: a unique violation undoes only this COPY
+                _copy_rows(cursor, table, rows)
+            return []
+        except (IntegrityError, psycopg.IntegrityError):
+            pass
         cursor.execute(
             "CREATE TEMP TABLE IF NOT EXISTS rawtick_incoming "
             "(instrument_id bigint, trade_id varchar(64), time timestamptz, price numeric, "
             "amount numeric, side varchar(4), received_at timestamptz) ON COMMIT DELETE ROWS"
         )
-        with cursor.cursor.copy(f"COPY rawtick_incoming ({_COPY_COLUMNS}) FROM STDIN") as copy:
-            for r in rows:
-                copy.write_row(
-                    (r.instrument_id, r.trade_id, r.time, r.price, r.amount, r.side, r.received_at)
-                )
+        _copy_rows(cursor, "rawtick_incoming", rows)
         cursor.execute(
             f"INSERT INTO {table} ({_COPY_COLUMNS}) "  # noqa: S608 - our own table name
             f"SELECT {_COPY_COLUMNS} FROM rawtick_incoming "
@@ -104,9 +125,16 @@ def _ticks_store_copy(rows: Sequence[TickRow]) -> list[TickRow]:
             "RETURNING instrument_id, trade_id"
         )
         inserted = {(i, t) for i, t in cursor.fetchall() if t is not None}
-    return [
-        r for r in rows if r.trade_id is not None and (r.instrument_id, r.trade_id) not in inserted
-    ]
+    duplicates = []
+    for r in rows:
+        key = (r.instrument_id, r.trade_id)
+        if r.trade_id is None:
+            continue
+        if key in inserted:
+            inserted.discard(key)  # its first row was stored; a repeat in the batch was not
+        else:
+            duplicates.append(r)
+    return duplicates
 
 
 def _ticks_store_bulk(rows: Sequence[TickRow]) -> list[TickRow]:
