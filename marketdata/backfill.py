@@ -51,7 +51,10 @@ def _store_page(instrument_id: int, timeframe: str, page: list[dict]) -> None:
 
 def _rebuild(instrument_id: int, start_ms: int, end_ms: int) -> None:
     instrument = Instrument.objects.get(pk=instrument_id)
-    services.candles_rebuild_higher(instrument=instrument, start_ms=start_ms, end_ms=end_ms)
+    # Every minute up to end_ms has been fetched as closed: higher candles up to it are final.
+    services.candles_rebuild_higher(
+        instrument=instrument, start_ms=start_ms, end_ms=end_ms, final_until_ms=end_ms
+    )
 
 
 async def backfill(
@@ -73,7 +76,7 @@ async def backfill(
     backfill continues where it stopped. For 1m, the higher timeframes of the range are rebuilt.
     Returns the number of candles received.
     """
-    interval = parse_timeframe(timeframe) * 1000
+    parse_timeframe(timeframe)  # refuse an unknown timeframe before any request
     start = (
         await sync_to_async(_resume_point)(instrument_id, timeframe, since_ms, until_ms)
         if resume
@@ -92,7 +95,7 @@ async def backfill(
         cursor = int(page[-1]["timestamp"])
         logger.info("backfill %s %s: %d candles up to %d", symbol, timeframe, total, cursor)
     if timeframe == "1m" and total:
-        await sync_to_async(_rebuild)(instrument_id, start, cursor + interval)
+        await sync_to_async(_rebuild)(instrument_id, start, cursor)
     return total
 
 

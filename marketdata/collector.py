@@ -128,6 +128,8 @@ class InstrumentState:
     # candle is taken from the provider when it closes.
     tainted_until_ms: int = 0
     last_tick_ms: int | None = None
+    # Close time of the newest 1m candle written: higher candles up to it are final.
+    last_minute_ms: int | None = None
 
     RECENT_IDS = 50_000
 
@@ -351,23 +353,25 @@ class DataCollector:
                     source=source,
                 )
                 announce.append(self._announcement(state, "1m", candle))
+                close = int(candle["timestamp"])
+                previous = state.last_minute_ms if state.last_minute_ms is not None else close
+                state.last_minute_ms = max(close, previous)
+                # Every higher candle whose interval ended in (previous 1m close, this close] is
+                # final now (after a quiet spell that may be several).
                 higher = services.candles_rebuild_higher(
                     instrument=self._instrument(state),
-                    start_ms=candle["timestamp"] - MINUTE_MS,
-                    end_ms=candle["timestamp"],
+                    start_ms=min(previous, close - MINUTE_MS),
+                    end_ms=close,
+                    final_until_ms=close,
                 )
-                for timeframe, closes in higher.items():
-                    # A higher candle is final when the 1m candle ending its interval closed.
-                    if candle["timestamp"] in closes:
-                        stored = services.candles_arrays(
-                            instrument_id=state.instrument_id, timeframe=timeframe,
-                            start_ms=candle["timestamp"] - 1, end_ms=candle["timestamp"],
-                        )  # fmt: skip
-                        announce.append(
-                            self._announcement(
-                                state, timeframe, {k: v[0] for k, v in stored.items()}
+                for timeframe, arrays in higher.items():
+                    for i, higher_close in enumerate(arrays["timestamp"].tolist()):
+                        if previous < higher_close <= close or higher_close == close:
+                            announce.append(
+                                self._announcement(
+                                    state, timeframe, {k: v[i] for k, v in arrays.items()}
+                                )
                             )
-                        )
             self._record_status(buffers, duplicates, provider_events)
         for item in announce:
             try:
@@ -424,7 +428,8 @@ class DataCollector:
             ticks = RawTick.objects.filter(instrument_id=state.instrument_id)
             if last is not None:
                 ticks = ticks.filter(time__gt=last)
-                state.builder = CandleBuilder("1m", last_closed_ms=services.datetime_to_ms(last))
+                state.last_minute_ms = services.datetime_to_ms(last)
+                state.builder = CandleBuilder("1m", last_closed_ms=state.last_minute_ms)
             for trade_id, at, price, amount in ticks.order_by("time", "id").values_list(
                 "trade_id", "time", "price", "amount"
             ):

@@ -255,12 +255,16 @@ def candles_arrays(
 
 
 def candles_rebuild_higher(
-    *, instrument: Instrument, start_ms: int, end_ms: int
-) -> dict[str, list[int]]:
+    *, instrument: Instrument, start_ms: int, end_ms: int, final_until_ms: int
+) -> dict[str, dict[str, np.ndarray]]:
     """Recompute every higher-timeframe candle of ``instrument`` whose interval overlaps
-    (start_ms, end_ms], from the stored 1m candles. Returns the close times written per timeframe.
+    (start_ms, end_ms], from the stored 1m candles. Returns the candles written per timeframe.
+
+    Only final candles are written: those closing at or before ``final_until_ms`` (the close of
+    the newest 1m candle known to be complete). An unfinished higher candle never reaches the
+    table, so nothing that reads candles can see one.
     """
-    written: dict[str, list[int]] = {}
+    written: dict[str, dict[str, np.ndarray]] = {}
     for timeframe in instrument.timeframes:
         if timeframe == "1m":
             continue
@@ -271,8 +275,12 @@ def candles_rebuild_higher(
         if len(minute["timestamp"]) == 0:
             continue
         higher = resample_candles(minute, timeframe)
+        final = higher["timestamp"] <= final_until_ms
+        higher = {k: v[final] for k, v in higher.items()}
+        if len(higher["timestamp"]) == 0:
+            continue
         candles_upsert(instrument_id=instrument.pk, timeframe=timeframe, candles=higher)
-        written[timeframe] = [int(t) for t in higher["timestamp"]]
+        written[timeframe] = higher
     return written
 
 

@@ -165,7 +165,10 @@ async def test_collector_stores_ticks_and_builds_candles_in_all_timeframes(instr
 
     assert await sync_to_async(RawTick.objects.count)() == n
     for timeframe in ("1m", "5m", "15m"):
-        expected = aggregate_arrays(ts, price, volume, timeframe)
+        everything = aggregate_arrays(ts, price, volume, timeframe)
+        # Only final candles are stored: the 5m and 15m candles still open at T0+16m are not.
+        final = everything["timestamp"] <= T0 + 16 * MIN
+        expected = {k: v[final] for k, v in everything.items()}
         stored = await sync_to_async(list)(
             Candle.objects.filter(instrument=instrument, timeframe=timeframe)
             .order_by("close_time")
@@ -179,6 +182,9 @@ async def test_collector_stores_ticks_and_builds_candles_in_all_timeframes(instr
         np.testing.assert_allclose([float(r[5]) for r in stored], expected["volume"], rtol=1e-9)
         assert [r[6] for r in stored] == expected["trades"].tolist()
 
+    assert not await sync_to_async(
+        Candle.objects.filter(close_time__gt=_dt(T0 + 16 * MIN)).exists
+    )()
     closed_1m = [s for s in got_signals if s["timeframe"] == "1m"]
     assert [s["close_ms"] for s in closed_1m] == [T0 + k * MIN for k in range(1, 17)]
     assert {s["close_ms"] for s in got_signals if s["timeframe"] == "15m"} == {T0 + 15 * MIN}
@@ -354,3 +360,28 @@ async def test_collector_reports_a_failing_stream_and_restarts_it(instrument):
     assert status.last_error_at is not None
     # The restarted stream's repeat of trade 1 is refused as a duplicate; it is stored once.
     assert await sync_to_async(RawTick.objects.count)() == 1
+
+
+@pytest.mark.asyncio
+async def test_collector_finishes_higher_candles_across_a_quiet_spell(instrument):
+    # No trade from 3m30s to 7m10s: the 5m candle closing at 5m is final once time passes it.
+    rows = [trade(1, T0 + 30_000, price=10), trade(2, T0 + 210_000, price=12),
+            trade(3, T0 + 430_000, price=11)]  # fmt: skip
+    got: list[tuple[str, int]] = []
+
+    def on_closed(sender, **kwargs):
+        got.append((kwargs["timeframe"], kwargs["close_ms"]))
+
+    candle_closed.connect(on_closed)
+    try:
+        await collect(ScriptedProvider(rows), Clock(T0 + 8 * MIN + 5_000))
+    finally:
+        candle_closed.disconnect(on_closed)
+    five = await sync_to_async(list)(
+        Candle.objects.filter(timeframe="5m").values_list("close_time", "open", "high", "close")
+    )
+    assert [
+        (int(c[0].timestamp() * 1000), float(c[1]), float(c[2]), float(c[3])) for c in five
+    ] == [(T0 + 5 * MIN, 10.0, 12.0, 12.0)]
+    assert ("5m", T0 + 5 * MIN) in got and ("5m", T0 + 10 * MIN) not in got
+    assert [c for tf, c in got if tf == "1m"] == [T0 + MIN, T0 + 4 * MIN, T0 + 8 * MIN]
