@@ -55,6 +55,7 @@ lock: | $(BIN)/python
 	$(PIP) install pip-tools
 	$(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.txt requirements.in
 	$(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-dev.txt requirements-dev.in
+	$(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-bench.txt requirements-bench.in
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
@@ -62,5 +63,9 @@ clean:
 # Every bench/bench_*.py against its baseline, printed as one table of ratios.
 # BENCH_ARGS="--quick" for small sizes, "--only aggregation" for one module.
 BENCH_ARGS ?=
-bench: $(VENV)/.dev-deps
+$(VENV)/.bench-deps: requirements.txt requirements-dev.txt requirements-bench.txt | $(BIN)/python
+	$(PIP) install -r requirements.txt -r requirements-dev.txt -r requirements-bench.txt
+	touch $@ $(VENV)/.dev-deps $(VENV)/.run-deps
+
+bench: $(VENV)/.bench-deps
 	python -m bench.run $(BENCH_ARGS)
