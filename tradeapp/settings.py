@@ -274,3 +274,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Strategies -------------------------------------------------------------------------------
+
+# Importable modules (comma-separated) whose BaseStrategy subclasses join the built-in strategies;
+# see strategies/base.py for how to write one.
+TRADEAPP_STRATEGY_MODULES = env.list("TRADEAPP_STRATEGY_MODULES", default=[])
