@@ -41,12 +41,12 @@ def cross_signals_nb(fast: np.ndarray, slow: np.ndarray) -> np.ndarray:
     if slow.shape[0] != n:
         raise ValueError("fast and slow must have the same length")
     out = np.zeros(n, dtype=np.int8)
+    # Branch-free (it vectorises; crossings are unpredictable branches). NaN compares false, so
+    # a NaN on either bar leaves 0 without a separate test; buy and sell exclude each other.
     for i in range(1, n):
-        # NaN compares false, so a NaN on either bar leaves 0 without a separate test.
-        if fast[i - 1] < slow[i - 1] and fast[i] > slow[i]:
-            out[i] = 1
-        elif fast[i - 1] > slow[i - 1] and fast[i] < slow[i]:
-            out[i] = -1
+        buy = (fast[i - 1] < slow[i - 1]) & (fast[i] > slow[i])
+        sell = (fast[i - 1] > slow[i - 1]) & (fast[i] < slow[i])
+        out[i] = np.int8(buy) - np.int8(sell)
     return out
 
 
@@ -61,11 +61,10 @@ def level_reentry_signals_nb(x: np.ndarray, lower: float, upper: float) -> np.nd
     """
     n = x.shape[0]
     out = np.zeros(n, dtype=np.int8)
-    for i in range(1, n):
-        if x[i - 1] <= lower and x[i] > lower:
-            out[i] = 1
-        elif x[i - 1] >= upper and x[i] < upper:
-            out[i] = -1
+    for i in range(1, n):  # branch-free; a buy wins when (lower >= upper) both hold
+        buy = np.int8((x[i - 1] <= lower) & (x[i] > lower))
+        sell = np.int8((x[i - 1] >= upper) & (x[i] < upper))
+        out[i] = buy - sell * (1 - buy)
     return out
 
 
@@ -82,11 +81,10 @@ def band_reentry_signals_nb(x: np.ndarray, lower: np.ndarray, upper: np.ndarray)
     if lower.shape[0] != n or upper.shape[0] != n:
         raise ValueError("x, lower and upper must have the same length")
     out = np.zeros(n, dtype=np.int8)
-    for i in range(1, n):
-        if x[i - 1] <= lower[i - 1] and x[i] > lower[i]:
-            out[i] = 1
-        elif x[i - 1] >= upper[i - 1] and x[i] < upper[i]:
-            out[i] = -1
+    for i in range(1, n):  # branch-free; a buy wins where both hold (bands crossed)
+        buy = np.int8((x[i - 1] <= lower[i - 1]) & (x[i] > lower[i]))
+        sell = np.int8((x[i - 1] >= upper[i - 1]) & (x[i] < upper[i]))
+        out[i] = buy - sell * (1 - buy)
     return out
 
 
@@ -102,11 +100,10 @@ def breakout_signals_nb(x: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> 
     if upper.shape[0] != n or lower.shape[0] != n:
         raise ValueError("x, upper and lower must have the same length")
     out = np.zeros(n, dtype=np.int8)
-    for i in range(1, n):
-        if x[i] > upper[i - 1]:
-            out[i] = 1
-        elif x[i] < lower[i - 1]:
-            out[i] = -1
+    for i in range(1, n):  # branch-free; a buy wins where both hold (upper < lower)
+        buy = np.int8(x[i] > upper[i - 1])
+        sell = np.int8(x[i] < lower[i - 1])
+        out[i] = buy - sell * (1 - buy)
     return out
 
 
