@@ -72,9 +72,8 @@ class WorkerProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-@pytest.fixture(scope="session")
-def celery_worker(django_db_setup, django_db_blocker, redis_server) -> Iterator[WorkerProcess]:
-    """A real ``celery worker`` process (prefork pool) on the test database and the test Redis."""
+def start_worker() -> WorkerProcess:
+    """Start a real ``celery worker`` process (prefork pool) on the test database and Redis."""
     from django.db import connection
 
     from tradeapp.celery import app
@@ -102,13 +101,32 @@ def celery_worker(django_db_setup, django_db_blocker, redis_server) -> Iterator[
     except AssertionError as exc:
         proc.kill()
         pytest.fail(f"{exc}\n--- worker log ---\n{worker.log_tail()}")
-    yield worker
-    proc.terminate()  # warm shutdown
+    return worker
+
+
+def stop_worker(worker: WorkerProcess) -> None:
+    worker.proc.terminate()  # warm shutdown
     try:
-        proc.wait(30)
+        worker.proc.wait(30)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        worker.proc.kill()
+        worker.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker, redis_server) -> Iterator[WorkerProcess]:
+    """A real worker process for the session (see ``start_worker``)."""
+    worker = start_worker()
+    yield worker
+    stop_worker(worker)
+
+
+@pytest.fixture
+def second_celery_worker(celery_worker) -> Iterator[WorkerProcess]:
+    """One more worker process, for tests of work spread over several workers."""
+    worker = start_worker()
+    yield worker
+    stop_worker(worker)
 
 
 @pytest.fixture

@@ -36,10 +36,14 @@ MARKET_DATA_CHANNEL = "market_data:{symbol}"
 BOT_SIGNAL_CHANNEL = "bot_signals:{bot_id}"
 TRADE_UPDATE_CHANNEL = "trade_updates:{bot_id}"
 SYSTEM_EVENT_CHANNEL = "system_events"
+# Progress of stored research runs (not in the seed: the backtest pages' live progress).
+BACKTEST_CHANNEL = "backtests:{run_id}"
+OPTIMIZATION_CHANNEL = "optimizations:{run_id}"
 
 _CHANNEL_RE = re.compile(
     r"^(?:market_data:(?P<symbol>[A-Za-z0-9][A-Za-z0-9/:._-]{0,63})"
     r"|(?:bot_signals|trade_updates):(?P<bot_id>[1-9][0-9]{0,17})"
+    r"|(?:backtests|optimizations):(?P<run_id>[1-9][0-9]{0,17})"
     r"|system_events)$"
 )
 _GROUP_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -67,7 +71,8 @@ def validate_channel(channel: str) -> str:
     if not isinstance(channel, str) or not _CHANNEL_RE.match(channel):
         raise ValueError(
             f"unknown event channel {channel!r}: expected market_data:{{symbol}}, "
-            "bot_signals:{bot_id}, trade_updates:{bot_id} or system_events"
+            "bot_signals:{bot_id}, trade_updates:{bot_id}, system_events, backtests:{run_id} "
+            "or optimizations:{run_id}"
         )
     return channel
 
