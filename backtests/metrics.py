@@ -1,0 +1,469 @@
+"""Performance metrics of a backtest (pure: numpy, pandas and numba only, never Django).
+
+One small documented function per metric, in the manner of freqtrade's ``data/metrics.py``: each
+takes plain arrays and states its formula and its edge cases. ``compute_metrics`` gathers them
+into the dict a ``BacktestResult`` (and every row of a parameter sweep) carries; ``json_safe``
+turns that dict (or anything holding it) into JSON-native values.
+
+Notation: ``E0`` the starting cash, ``E[i]`` the equity after bar ``i`` (``i = 0 .. n-1``),
+``r[i] = E[i] / E[i-1] - 1`` the bar returns with ``E[-1] = E0``, ``B`` the bars per year,
+``pnl[j]`` the profit of closed trade ``j`` in money (fees deducted).
+
+Edge cases, once for all
+------------------------
+- No bars: total return 0, the ratios 0, drawdown 0, exposure 0.
+- No closed trade: ``n_trades`` 0; ``win_rate``, ``profit_factor`` and ``expectancy`` NaN (they
+  are undefined, not zero).
+- Zero standard deviation (Sharpe) or zero downside deviation (Sortino): 0.0 when the mean
+  return is 0 as well (a flat equity: nothing traded or nothing moved), else ``+inf``/``-inf``
+  (a riskless gain or loss). Fewer than two returns: Sharpe 0.0.
+- Unknown bars per year (fewer than two bars, so no spacing): the annualised figures (CAGR,
+  Sharpe, Sortino) are NaN.
+- A bar return whose previous equity is not positive (a short that lost everything) is
+  undefined: it is left out of the means and deviations.
+- ``json_safe`` maps NaN and infinities to ``None`` (JSON has no such numbers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numba import njit
+
+__all__ = [
+    "METRIC_NAMES",
+    "SECONDS_PER_YEAR",
+    "bar_returns",
+    "bars_per_year",
+    "cagr",
+    "compute_metrics",
+    "drawdown_nb",
+    "equity_moments_nb",
+    "equity_stats_nb",
+    "expectancy",
+    "exposure",
+    "json_safe",
+    "max_drawdown",
+    "profit_factor",
+    "sharpe_ratio",
+    "sortino_ratio",
+    "total_return",
+    "win_rate",
+]
+
+#: Crypto markets trade around the clock, every day: a year is 365 days of bars.
+SECONDS_PER_YEAR = 365 * 86_400
+
+#: Keys of ``compute_metrics``, in order.
+METRIC_NAMES: tuple[str, ...] = (
+    "total_return",
+    "cagr",
+    "sharpe",
+    "sortino",
+    "max_drawdown",
+    "max_drawdown_duration",
+    "win_rate",
+    "profit_factor",
+    "expectancy",
+    "exposure",
+    "n_trades",
+    "open_trades",
+    "final_equity",
+    "total_fees",
+    "bars_per_year",
+)
+
+
+@njit(cache=True)
+def _median_spacing_nb(times: np.ndarray) -> float:
+    """Median of the positive-length steps of ``times`` (int64); the common case of one constant
+    step is settled in a single pass without sorting."""
+    step = times[1] - times[0]
+    for i in range(2, times.shape[0]):
+        if times[i] - times[i - 1] != step:
+            return float(np.median(np.diff(times)))
+    return float(step)
+
+
+def bars_per_year(index: pd.DatetimeIndex | np.ndarray) -> float:
+    """Bars per year from the spacing of the candle times: ``SECONDS_PER_YEAR / median(dt)``.
+
+    ``index``: a ``DatetimeIndex`` (or datetime64 array). The median spacing ignores the odd gap
+    (a missing candle). NaN with fewer than two bars or a non-positive spacing.
+    """
+    times = pd.DatetimeIndex(index)
+    if len(times) < 2:
+        return math.nan
+    unit_seconds = pd.Timedelta(1, unit=times.unit).total_seconds()
+    spacing = _median_spacing_nb(np.ascontiguousarray(times.asi8)) * unit_seconds
+    return SECONDS_PER_YEAR / spacing if spacing > 0 else math.nan
+
+
+def bar_returns(equity: np.ndarray, initial: float) -> np.ndarray:
+    """Simple bar returns ``r[i] = E[i] / E[i-1] - 1`` with ``E[-1] = E0``.
+
+    NaN where the previous equity is not positive (undefined).
+    """
+    equity = np.asarray(equity, dtype=np.float64)
+    previous = np.empty_like(equity)
+    if equity.size:
+        previous[0] = initial
+        previous[1:] = equity[:-1]
+    out = np.full_like(equity, np.nan)
+    np.divide(equity, previous, out=out, where=previous > 0)
+    out -= 1.0
+    return out
+
+
+def total_return(equity: np.ndarray, initial: float) -> float:
+    """``E[n-1] / E0 - 1`` (0 without bars)."""
+    if len(equity) == 0:
+        return 0.0
+    return float(equity[-1]) / initial - 1.0
+
+
+def cagr(equity: np.ndarray, initial: float, bars_per_year: float) -> float:
+    """Compound annual growth rate ``(E[n-1] / E0) ** (B / n) - 1``.
+
+    The span is ``n / B`` years (n bars). -1 when the final equity is not positive (all lost);
+    0 without bars; NaN when ``B`` is unknown; ``+inf`` when a gain over a short span compounds
+    past the float range (about 1e308).
+    """
+    n = len(equity)
+    if n == 0:
+        return 0.0
+    if not math.isfinite(bars_per_year) or bars_per_year <= 0:
+        return math.nan
+    growth = float(equity[-1]) / initial
+    if growth <= 0:
+        return -1.0
+    exponent = math.log(growth) * bars_per_year / n
+    # A gain over a short span, compounded over a year, can pass the float range.
+    return math.exp(exponent) - 1.0 if exponent < 709.0 else math.inf
+
+
+def _ratio(mean: float, deviation: float) -> float:
+    if deviation > 0:
+        return mean / deviation
+    if mean == 0:
+        return 0.0
+    return math.copysign(math.inf, mean)
+
+
+@njit(cache=True)
+def _accumulate_nb(  # noqa: PLR0917 - a numba kernel takes positional scalars
+    v: float, shift: float, lane: int, sums: np.ndarray, squares: np.ndarray, downside: np.ndarray
+) -> None:
+    d = v - shift
+    sums[lane] += d
+    squares[lane] += d * d
+    if v < 0.0:
+        downside[lane] += v * v
+
+
+@njit(cache=True)
+def _finish_nb(
+    count: int, shift: float, sums: np.ndarray, squares: np.ndarray, downside: np.ndarray
+) -> tuple[int, float, float, float]:
+    if count == 0:
+        return 0, 0.0, 0.0, 0.0
+    s1 = (sums[0] + sums[1]) + (sums[2] + sums[3])
+    s2 = (squares[0] + squares[1]) + (squares[2] + squares[3])
+    deviations = max(s2 - s1 * s1 / count, 0.0)
+    return (
+        count,
+        shift + s1 / count,
+        deviations,
+        (downside[0] + downside[1]) + (downside[2] + downside[3]),
+    )
+
+
+# One pass with sums shifted by the first value (the shifted-data variance: no cancellation as
+# long as the shift is a typical value, and exactly 0 for constant data) and four partial sums
+# added in a fixed order, so the additions pipeline. Both kernels below do exactly this, so
+# their results are equal bit for bit.
+@njit(cache=True)
+def _moments_nb(values: np.ndarray) -> tuple[int, float, float, float]:
+    """``(count, mean, sum of squared deviations from the mean, sum of squared negative
+    values)`` of the finite ``values``."""
+    sums = np.zeros(4)
+    squares = np.zeros(4)
+    downside = np.zeros(4)
+    count = 0
+    shift = 0.0
+    for v in values:
+        if math.isfinite(v):
+            if count == 0:
+                shift = v
+            _accumulate_nb(v, shift, count & 3, sums, squares, downside)
+            count += 1
+    return _finish_nb(count, shift, sums, squares, downside)
+
+
+@njit(cache=True)
+def equity_moments_nb(equity: np.ndarray, initial: float) -> tuple[int, float, float, float]:
+    """``_moments_nb(bar_returns(equity, initial))``, equal bit for bit, in one pass without a
+    returns array (what a sweep computes per combination)."""
+    sums = np.zeros(4)
+    squares = np.zeros(4)
+    downside = np.zeros(4)
+    count = 0
+    shift = 0.0
+    previous = initial
+    for e in equity:
+        if previous > 0:
+            v = e / previous - 1.0
+            if math.isfinite(v):
+                if count == 0:
+                    shift = v
+                _accumulate_nb(v, shift, count & 3, sums, squares, downside)
+                count += 1
+        previous = e
+    return _finish_nb(count, shift, sums, squares, downside)
+
+
+def _sharpe(count: int, mean: float, squares: float, bars_per_year: float) -> float:
+    if count < 2:
+        return 0.0
+    if not math.isfinite(bars_per_year):
+        return math.nan
+    ratio = _ratio(mean, math.sqrt(squares / (count - 1)))
+    return ratio * math.sqrt(bars_per_year) if math.isfinite(ratio) else ratio
+
+
+def _sortino(count: int, mean: float, downside: float, bars_per_year: float) -> float:
+    if count == 0:
+        return 0.0
+    if not math.isfinite(bars_per_year):
+        return math.nan
+    ratio = _ratio(mean, math.sqrt(downside / count))
+    return ratio * math.sqrt(bars_per_year) if math.isfinite(ratio) else ratio
+
+
+def sharpe_ratio(returns: np.ndarray, bars_per_year: float) -> float:
+    """Annualised Sharpe ratio ``mean(r) / std(r) * sqrt(B)`` (risk-free rate 0).
+
+    ``std`` with ``ddof=1``; NaN returns are left out. 0.0 with fewer than two returns; zero
+    deviation and NaN ``B`` as in the module docstring.
+    """
+    count, mean, squares, _ = _moments_nb(np.ascontiguousarray(returns, dtype=np.float64))
+    return _sharpe(count, mean, squares, bars_per_year)
+
+
+def sortino_ratio(returns: np.ndarray, bars_per_year: float) -> float:
+    """Annualised Sortino ratio ``mean(r) / sqrt(mean(min(r, 0) ** 2)) * sqrt(B)`` (target 0).
+
+    The downside deviation is over all bars (the gains count as 0), as in Sortino's definition;
+    NaN returns are left out. 0.0 without returns; zero downside and NaN ``B`` as in the module
+    docstring.
+    """
+    count, mean, _, downside = _moments_nb(np.ascontiguousarray(returns, dtype=np.float64))
+    return _sortino(count, mean, downside, bars_per_year)
+
+
+@njit(cache=True)
+def _drawdown_step_nb(
+    i: int, value: float, peak: tuple[float, int], deepest: tuple[float, int, int, float]
+) -> tuple[tuple[float, int], tuple[float, int, int, float]]:
+    """Fold bar ``i`` into the running peak ``(value, bar)`` and the deepest drawdown so far
+    ``(depth, peak bar, trough bar, screen)``; ``screen`` is a price a little above
+    ``peak * (1 - depth)``: only a bar below it can be deeper, so the division runs rarely."""
+    peak_value, peak_bar = peak
+    depth, best_peak, trough, screen = deepest
+    if value > peak_value:
+        peak_value, peak_bar = value, i
+        screen = peak_value * (1.0 - depth) * (1.0 + 1e-9)
+    elif value < screen and peak_value > 0:
+        dd = 1.0 - value / peak_value
+        if dd > depth:
+            depth, best_peak, trough = dd, peak_bar, i
+            screen = peak_value * (1.0 - depth) * (1.0 + 1e-9)
+    return (peak_value, peak_bar), (depth, best_peak, trough, screen)
+
+
+@njit(cache=True)
+def _recovery_nb(equity: np.ndarray, initial: float, peak_bar: int, trough: int) -> int:
+    """First bar after ``trough`` back at or above the peak's value (-1 if none)."""
+    if trough < 0:
+        return -1
+    level = initial if peak_bar < 0 else equity[peak_bar]
+    for i in range(trough + 1, equity.shape[0]):
+        if equity[i] >= level:
+            return i
+    return -1
+
+
+@njit(cache=True)
+def drawdown_nb(equity: np.ndarray, initial: float) -> tuple[float, int, int, int]:
+    """Deepest drawdown of ``equity`` (float64) from its running peak, the start being ``initial``.
+
+    Returns ``(depth, peak, trough, recovery)``: ``depth = max_i (1 - E[i] / max(E0, E[..i]))``
+    as a fraction (0 when the equity never falls), the bar of the peak before the deepest trough
+    (-1 for the starting cash), the trough's bar, and the first bar after it back at or above
+    that peak (-1 if never). The first of equal depths counts.
+    """
+    peak = (initial, -1)
+    deepest = (0.0, -1, -1, initial * (1.0 + 1e-9))
+    for i in range(equity.shape[0]):
+        peak, deepest = _drawdown_step_nb(i, equity[i], peak, deepest)
+    depth, peak_bar, trough, _ = deepest
+    return depth, peak_bar, trough, _recovery_nb(equity, initial, peak_bar, trough)
+
+
+@njit(cache=True)
+def equity_stats_nb(
+    equity: np.ndarray, initial: float
+) -> tuple[int, float, float, float, float, int, int, int]:
+    """``equity_moments_nb`` and ``drawdown_nb`` in one pass over the equity, with results equal
+    to theirs bit for bit: ``(count, mean, squares, downside, depth, peak, trough, recovery)``."""
+    sums = np.zeros(4)
+    squares = np.zeros(4)
+    downside = np.zeros(4)
+    count = 0
+    shift = 0.0
+    previous = initial
+    peak = (initial, -1)
+    deepest = (0.0, -1, -1, initial * (1.0 + 1e-9))
+    for i in range(equity.shape[0]):
+        e = equity[i]
+        if previous > 0:
+            v = e / previous - 1.0
+            if math.isfinite(v):
+                if count == 0:
+                    shift = v
+                _accumulate_nb(v, shift, count & 3, sums, squares, downside)
+                count += 1
+        previous = e
+        peak, deepest = _drawdown_step_nb(i, e, peak, deepest)
+    count, mean, deviations, below = _finish_nb(count, shift, sums, squares, downside)
+    depth, peak_bar, trough, _ = deepest
+    recovery = _recovery_nb(equity, initial, peak_bar, trough)
+    return count, mean, deviations, below, depth, peak_bar, trough, recovery
+
+
+def max_drawdown(equity: np.ndarray, initial: float) -> tuple[float, int]:
+    """``(depth, duration)`` of the deepest drawdown.
+
+    ``depth = max_i (1 - E[i] / max(E0, E[0..i]))``, a positive fraction (0.25 = 25 % below the
+    peak; 0 when the equity never falls). ``duration`` in bars: from the peak before the deepest
+    trough (bar -1 being the starting cash) to the first bar back at or above that peak, or to
+    the last bar when it never recovers; 0 without a drawdown.
+    """
+    equity = np.ascontiguousarray(equity, dtype=np.float64)
+    depth, peak, trough, recovery = drawdown_nb(equity, float(initial))
+    return float(depth), _duration(equity.shape[0], peak, trough, recovery)
+
+
+def _duration(n: int, peak: int, trough: int, recovery: int) -> int:
+    if trough < 0:
+        return 0
+    end = recovery if recovery >= 0 else n - 1
+    return int(end - peak)
+
+
+def win_rate(pnl: np.ndarray) -> float:
+    """Share of closed trades with ``pnl > 0``: ``count(pnl > 0) / count(pnl)``; NaN if none."""
+    if len(pnl) == 0:
+        return math.nan
+    return float(np.count_nonzero(np.asarray(pnl) > 0)) / len(pnl)
+
+
+def profit_factor(pnl: np.ndarray) -> float:
+    """Gross profit over gross loss: ``sum(pnl[pnl > 0]) / -sum(pnl[pnl < 0])``.
+
+    NaN without trades or when there is neither profit nor loss; ``+inf`` with profit and no
+    loss; 0.0 with losses only.
+    """
+    pnl = np.asarray(pnl, dtype=np.float64)
+    gains = float(pnl[pnl > 0].sum())
+    losses = -float(pnl[pnl < 0].sum())
+    if losses > 0:
+        return gains / losses
+    return math.inf if gains > 0 else math.nan
+
+
+def expectancy(pnl: np.ndarray) -> float:
+    """Average profit per closed trade in money: ``mean(pnl)`` (win rate x average win minus
+    loss rate x average loss). NaN without trades."""
+    if len(pnl) == 0:
+        return math.nan
+    return float(np.mean(pnl))
+
+
+def exposure(position: np.ndarray) -> float:
+    """Share of bars that end with an open position: ``count(position != 0) / n``; 0 without
+    bars."""
+    if len(position) == 0:
+        return 0.0
+    return float(np.count_nonzero(position)) / len(position)
+
+
+def compute_metrics(
+    equity: np.ndarray,
+    initial: float,
+    pnl: np.ndarray,
+    position: np.ndarray,
+    bars_per_year: float,
+    *,
+    open_trades: int = 0,
+    total_fees: float = 0.0,
+) -> dict[str, float]:
+    """Every metric of ``METRIC_NAMES`` as a dict of Python floats/ints.
+
+    ``equity``: per-bar equity (float64), ``initial``: the starting cash, ``pnl``: profits of the
+    closed trades (the open position is not a trade yet: it shows in the equity only),
+    ``position``: per-bar side, ``bars_per_year``: ``bars_per_year(index)``. Keys:
+    ``total_return``, ``cagr``, ``sharpe``, ``sortino``, ``max_drawdown`` (fraction),
+    ``max_drawdown_duration`` (bars), ``win_rate``, ``profit_factor``, ``expectancy`` (money per
+    closed trade), ``exposure``, ``n_trades`` (closed), ``open_trades`` (0 or 1),
+    ``final_equity``, ``total_fees`` (as given), ``bars_per_year``.
+    """
+    equity = np.ascontiguousarray(equity, dtype=np.float64)
+    # One fused pass: equal to sharpe_ratio(bar_returns(...)), max_drawdown(...), etc.
+    count, mean, squares, downside, depth, peak, trough, recovery = equity_stats_nb(
+        equity, float(initial)
+    )
+    duration = _duration(equity.shape[0], peak, trough, recovery)
+    return {
+        "total_return": total_return(equity, initial),
+        "cagr": cagr(equity, initial, bars_per_year),
+        "sharpe": _sharpe(count, mean, squares, bars_per_year),
+        "sortino": _sortino(count, mean, downside, bars_per_year),
+        "max_drawdown": float(depth),
+        "max_drawdown_duration": duration,
+        "win_rate": win_rate(pnl),
+        "profit_factor": profit_factor(pnl),
+        "expectancy": expectancy(pnl),
+        "exposure": exposure(position),
+        "n_trades": len(pnl),
+        "open_trades": int(open_trades),
+        "final_equity": float(equity[-1]) if equity.size else float(initial),
+        "total_fees": float(total_fees),
+        "bars_per_year": float(bars_per_year),
+    }
+
+
+def json_safe(value: Any) -> Any:  # noqa: PLR0911 - one return per kind of value
+    """``value`` with JSON-native types only, recursively: NaN and infinities become ``None``,
+    numpy scalars Python numbers, arrays and tuples lists, timestamps ISO-8601 strings, mapping
+    keys strings."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray | pd.Series | pd.Index):
+        return [json_safe(v) for v in list(value)]
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if isinstance(value, pd.Timestamp):
+        return None if pd.isna(value) else value.isoformat()
+    if value is pd.NaT:
+        return None
+    return value

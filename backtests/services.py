@@ -1,0 +1,476 @@
+"""Backtest and optimisation runs: create, execute in a worker, record, cancel."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import json
+import logging
+import zlib
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from django.db import transaction
+from django.utils import timezone
+
+from backtests.models import FINISHED, BacktestRun, OptimizationResult, OptimizationRun, RunStatus
+from marketdata.models import Instrument
+from marketdata.selectors import candles_frame
+from strategies.base import BaseStrategy, StrategyParameterError
+from strategies.registry import get_strategy
+from tradeapp.events import publish_on_commit
+
+logger = logging.getLogger(__name__)
+
+
+class RunCancelled(Exception):
+    """The run was cancelled while it ran."""
+
+
+# --- reproducibility ----------------------------------------------------------------------------
+
+
+def data_hash(frame: pd.DataFrame) -> str:
+    """sha256 of the candles a run used: close times and OHLCV values, bit for bit."""
+    digest = hashlib.sha256()
+    digest.update(frame.index.asi8.astype("<i8").tobytes())
+    digest.update(
+        np.ascontiguousarray(
+            frame[["open", "high", "low", "close", "volume"]].to_numpy("<f8")
+        ).tobytes()
+    )
+    return digest.hexdigest()
+
+
+def strategy_version(cls: type[BaseStrategy]) -> str:
+    """The strategy's declared ``version`` and a hash of its source code."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        source = repr(cls)
+    declared = getattr(cls, "version", "")
+    return f"{declared}:{hashlib.sha256(source.encode()).hexdigest()[:16]}".lstrip(":")
+
+
+def engine_version() -> str:
+    """Hash of the simulation engine's source: a changed engine is visible on every run."""
+    from backtests import engine, metrics
+
+    source = inspect.getsource(engine) + inspect.getsource(metrics)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    return f"{getattr(engine, 'ENGINE_VERSION', '')}:{digest}".lstrip(":")
+
+
+# --- compact results ----------------------------------------------------------------------------
+
+
+def pack_equity(equity: pd.Series) -> bytes:
+    """Equity per bar as zlib-compressed float64 (exact; a year of 1m bars is a few MB at most)."""
+    return zlib.compress(equity.to_numpy(dtype="<f8").tobytes(), 6)
+
+
+def unpack_equity(
+    blob: bytes | memoryview | None, index: pd.DatetimeIndex | None = None
+) -> pd.Series:
+    if not blob:
+        return pd.Series(dtype="float64")
+    values = np.frombuffer(zlib.decompress(bytes(blob)), dtype="<f8")
+    return pd.Series(
+        values, index=index if index is not None and len(index) == len(values) else None
+    )
+
+
+def pack_trades(trades: pd.DataFrame) -> bytes:
+    """The trades table as compressed JSON (ISO times, NaN as null)."""
+    return zlib.compress(
+        trades.to_json(orient="records", date_format="iso", date_unit="ms").encode(), 6
+    )
+
+
+def unpack_trades(blob: bytes | memoryview | None) -> pd.DataFrame:
+    if not blob:
+        return pd.DataFrame()
+    return pd.read_json(io.StringIO(zlib.decompress(bytes(blob)).decode()), orient="records")
+
+
+# --- backtests ----------------------------------------------------------------------------------
+
+
+def _progress(
+    run: BacktestRun | OptimizationRun, progress: float, status: str | None = None
+) -> None:
+    kind = "backtests" if isinstance(run, BacktestRun) else "optimizations"
+    publish_on_commit(
+        f"{kind}:{run.pk}",
+        {"type": "run.progress", "run_id": run.pk, "status": status or run.status,
+         "progress": round(float(progress), 4)},
+    )  # fmt: skip
+
+
+def _validated_parameters(strategy: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    cls = get_strategy(strategy)  # raises UnknownStrategyError listing the available ones
+    return dict(cls(parameters).parameters)  # raises StrategyParameterError naming the parameter
+
+
+@transaction.atomic
+def backtest_submit(*, run: BacktestRun) -> BacktestRun:
+    """Validate a new (unsaved or queued) run, save it and queue it after commit."""
+    run.parameters = _validated_parameters(run.strategy, run.parameters or {})
+    if run.end <= run.start:
+        raise ValueError("the period's end must be after its start")
+    run.status = RunStatus.QUEUED
+    run.save()
+    transaction.on_commit(lambda: _enqueue_backtest(run.pk))
+    return run
+
+
+@transaction.atomic
+def backtest_create(
+    *,
+    user: Any,
+    strategy: str,
+    parameters: dict[str, Any],
+    instrument: Instrument,
+    timeframe: str,
+    start: datetime,
+    end: datetime,
+    enqueue: bool = True,
+    **options: Any,
+) -> BacktestRun:
+    """Validate and store a backtest; queue it on the ``backtests`` queue after commit."""
+    run = BacktestRun(
+        owner=user, strategy=strategy, parameters=parameters, instrument=instrument,
+        timeframe=timeframe, start=start, end=end, **options,
+    )  # fmt: skip
+    if enqueue:
+        return backtest_submit(run=run)
+    run.parameters = _validated_parameters(strategy, parameters)
+    run.save()
+    return run
+
+
+def _enqueue_backtest(run_id: int) -> None:
+    from backtests.tasks import run_backtest_task
+
+    result = run_backtest_task.delay(run_id)
+    BacktestRun.objects.filter(pk=run_id).update(task_id=result.id)
+
+
+def _start(
+    model: type[BacktestRun | OptimizationRun], run_id: int
+) -> BacktestRun | OptimizationRun | None:
+    """Mark a queued run running; None when it was cancelled or already finished (redelivery)."""
+    with transaction.atomic():
+        run = model.objects.select_for_update().filter(pk=run_id).first()
+        if run is None or run.status in FINISHED:
+            return None  # deleted meanwhile, or cancelled/finished (a redelivered task)
+        run.status = RunStatus.RUNNING
+        run.started_at = run.started_at or timezone.now()
+        run.progress = 0.0
+        run.error = ""
+        run.save(update_fields=["status", "started_at", "progress", "error"])
+        _progress(run, 0.0)
+    return run
+
+
+def _check_cancelled(model: type[BacktestRun | OptimizationRun], run_id: int) -> None:
+    if model.objects.filter(pk=run_id, status=RunStatus.CANCELLED).exists():
+        raise RunCancelled
+
+
+def _load(run: BacktestRun | OptimizationRun) -> pd.DataFrame:
+    frame = candles_frame(
+        instrument_id=run.instrument_id, timeframe=run.timeframe, start=run.start, end=run.end
+    )
+    if frame.empty:
+        raise ValueError(
+            f"no {run.timeframe} candles for {run.instrument} between {run.start} and {run.end}"
+        )
+    return frame
+
+
+def _record_data(run: BacktestRun | OptimizationRun, frame: pd.DataFrame, cls: type) -> list[str]:
+    run.data_first = frame.index[0].to_pydatetime()
+    run.data_last = frame.index[-1].to_pydatetime()
+    run.data_bars = len(frame)
+    run.data_hash = data_hash(frame)
+    run.strategy_version = strategy_version(cls)
+    run.engine_version = engine_version()
+    return [
+        "data_first",
+        "data_last",
+        "data_bars",
+        "data_hash",
+        "strategy_version",
+        "engine_version",
+    ]
+
+
+def _fail(model: type[BacktestRun | OptimizationRun], run_id: int, exc: BaseException) -> None:
+    with transaction.atomic():
+        run = model.objects.select_for_update().get(pk=run_id)
+        if run.status == RunStatus.CANCELLED:
+            return
+        run.status = RunStatus.FAILED
+        run.error = f"{type(exc).__name__}: {exc}"[:4000]
+        run.finished_at = timezone.now()
+        run.save(update_fields=["status", "error", "finished_at"])
+        _progress(run, run.progress, RunStatus.FAILED)
+
+
+def backtest_execute(run_id: int) -> BacktestRun | None:
+    """Run a stored backtest (in a worker): load candles, simulate, store the result."""
+    from backtests.engine import run_backtest
+
+    run = _start(BacktestRun, run_id)
+    if run is None:
+        return None
+    try:
+        cls = get_strategy(run.strategy)
+        frame = _load(run)
+        fields = _record_data(run, frame, cls)
+        BacktestRun.objects.filter(pk=run.pk).update(
+            progress=0.2, **{f: getattr(run, f) for f in fields}
+        )
+        _check_cancelled(BacktestRun, run_id)
+        result = run_backtest(frame, cls, run.parameters, **run.engine_options())
+        _check_cancelled(BacktestRun, run_id)
+        with transaction.atomic():
+            locked = BacktestRun.objects.select_for_update().get(pk=run_id)
+            if locked.status == RunStatus.CANCELLED:
+                raise RunCancelled
+            locked.metrics = _json_metrics(result.metrics)
+            locked.equity_blob = pack_equity(result.equity)
+            locked.trades_blob = pack_trades(result.trades)
+            locked.trades_count = len(result.trades)
+            locked.status = RunStatus.DONE
+            locked.progress = 1.0
+            locked.finished_at = timezone.now()
+            locked.save()
+            _progress(locked, 1.0, RunStatus.DONE)
+        return locked
+    except RunCancelled:
+        return BacktestRun.objects.get(pk=run_id)
+    except Exception as exc:
+        logger.exception("backtest %s failed", run_id)
+        _fail(BacktestRun, run_id, exc)
+        return BacktestRun.objects.get(pk=run_id)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return _json_value(value.item())
+    if isinstance(value, pd.Timedelta):
+        return value.total_seconds()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _json_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {key: _json_value(value) for key, value in metrics.items()}
+
+
+@transaction.atomic
+def run_cancel(*, run: BacktestRun | OptimizationRun) -> bool:
+    """Cancel a queued or running run; False when it had already finished."""
+    model = type(run)
+    locked = model.objects.select_for_update().get(pk=run.pk)
+    if locked.status in FINISHED:
+        return False
+    locked.status = RunStatus.CANCELLED
+    locked.finished_at = timezone.now()
+    locked.save(update_fields=["status", "finished_at"])
+    _progress(locked, locked.progress, RunStatus.CANCELLED)
+    if locked.task_id:
+        from tradeapp.celery import app
+
+        transaction.on_commit(lambda: app.control.revoke(locked.task_id))
+    return True
+
+
+# --- optimisations ------------------------------------------------------------------------------
+
+# Combinations per Celery chunk: big enough that a chunk's data load is small beside its work,
+# small enough that every worker of the installation gets chunks.
+CHUNK_SIZE = 50
+
+
+def _combinations(run: OptimizationRun) -> list[dict[str, Any]]:
+    """The valid combinations of a grid or random run (invalid ones such as fast >= slow are
+    left out by the strategy's rules)."""
+    from backtests.optimize import random_combinations
+
+    cls = get_strategy(run.strategy)
+    space = run.space or None
+    if run.method == OptimizationRun.Method.RANDOM:
+        full = cls.search_space(space)
+        valid = []
+        for combo in random_combinations(full, run.n_iter, run.seed):
+            try:
+                valid.append(cls.clean_parameters(combo))
+            except StrategyParameterError:
+                continue
+        return valid
+    return list(cls.parameter_grid(space))
+
+
+@transaction.atomic
+def optimization_submit(*, run: OptimizationRun) -> OptimizationRun:
+    """Validate a new optimisation, save it and queue it after commit."""
+    cls = get_strategy(run.strategy)
+    cls.search_space(run.space or None)  # unknown names / bad values -> StrategyParameterError
+    if run.end <= run.start:
+        raise ValueError("the period's end must be after its start")
+    if run.method == OptimizationRun.Method.WALK_FORWARD:
+        if not run.train_bars or not run.test_bars:
+            raise ValueError("walk-forward needs train_bars and test_bars")
+    else:
+        run.combinations = len(_combinations(run))
+        if run.combinations == 0:
+            raise ValueError("the search space holds no valid combination")
+    run.status = RunStatus.QUEUED
+    run.save()
+    transaction.on_commit(lambda: _enqueue_optimization(run.pk))
+    return run
+
+
+def _enqueue_optimization(run_id: int) -> None:
+    from backtests.tasks import run_optimization_task
+
+    result = run_optimization_task.delay(run_id)
+    OptimizationRun.objects.filter(pk=run_id).update(task_id=result.id)
+
+
+def optimization_execute(run_id: int) -> OptimizationRun | None:
+    """Start an optimisation (in a worker): walk-forward runs here; grid and random searches
+    are split into chunks that run as a Celery group across every worker of the queue."""
+    from celery import group
+
+    from backtests.tasks import run_optimization_chunk_task
+
+    run = _start(OptimizationRun, run_id)
+    if run is None:
+        return None
+    try:
+        cls = get_strategy(run.strategy)
+        frame = _load(run)
+        fields = _record_data(run, frame, cls)
+        if run.method == OptimizationRun.Method.WALK_FORWARD:
+            return _walk_forward(run, cls, frame, fields)
+        combos = _combinations(run)
+        chunks = [combos[i : i + CHUNK_SIZE] for i in range(0, len(combos), CHUNK_SIZE)]
+        with transaction.atomic():
+            run.combinations = len(combos)
+            run.chunks_total = len(chunks)
+            run.chunks_done = 0
+            run.save(update_fields=[*fields, "combinations", "chunks_total", "chunks_done"])
+            signatures = [
+                run_optimization_chunk_task.s(run.pk, index, chunk)
+                for index, chunk in enumerate(chunks)
+            ]
+            transaction.on_commit(lambda: group(signatures).apply_async())
+        return run
+    except Exception as exc:
+        logger.exception("optimisation %s failed", run_id)
+        _fail(OptimizationRun, run_id, exc)
+        return OptimizationRun.objects.get(pk=run_id)
+
+
+def _walk_forward(
+    run: OptimizationRun, cls: type[BaseStrategy], frame: pd.DataFrame, fields: list[str]
+) -> OptimizationRun:
+    from backtests.walkforward import walk_forward
+
+    space = cls.search_space(run.space or None)
+    result = walk_forward(
+        frame, cls, space, train_bars=run.train_bars, test_bars=run.test_bars,
+        objective=run.objective, **run.engine_options(),
+    )  # fmt: skip
+    windows = json.loads(result.windows.to_json(orient="records", date_format="iso"))
+    with transaction.atomic():
+        locked = OptimizationRun.objects.select_for_update().get(pk=run.pk)
+        if locked.status == RunStatus.CANCELLED:
+            return locked
+        for field in fields:
+            setattr(locked, field, getattr(run, field))
+        locked.walk_forward = {
+            "windows": windows,
+            "equity": [None if not np.isfinite(v) else float(v) for v in result.equity],
+            "equity_index": [t.isoformat() for t in result.equity.index]
+            if isinstance(result.equity.index, pd.DatetimeIndex)
+            else list(range(len(result.equity))),
+            "trades": len(result.trades),
+        }
+        locked.best_metrics = _json_metrics(result.metrics)
+        locked.best_parameters = windows[-1].get("parameters", {}) if windows else {}
+        locked.combinations = len(windows)
+        locked.status = RunStatus.DONE
+        locked.progress = 1.0
+        locked.finished_at = timezone.now()
+        locked.save()
+        _progress(locked, 1.0, RunStatus.DONE)
+    return locked
+
+
+def optimization_chunk(
+    run_id: int, index: int, combos: list[dict[str, Any]], *, worker: str = ""
+) -> int:
+    """Evaluate one chunk of an optimisation and store its rows; the last chunk finishes the run.
+    Idempotent: a redelivered chunk whose rows are stored does nothing."""
+    from backtests.optimize import sweep_chunk
+    from backtests.parallel import frame_arrays
+
+    run = OptimizationRun.objects.filter(pk=run_id).first()
+    if run is None or run.status != RunStatus.RUNNING:
+        return 0
+    if run.results.filter(chunk=index).exists():
+        return 0
+    try:
+        rows = sweep_chunk(frame_arrays(_load(run)), run.strategy, combos, run.engine_options())
+    except Exception as exc:
+        logger.exception("optimisation %s chunk %s failed", run_id, index)
+        _fail(OptimizationRun, run_id, exc)
+        return 0
+    cls = get_strategy(run.strategy)
+    names = [spec.name for spec in cls.parameter_specs]
+    with transaction.atomic():
+        locked = OptimizationRun.objects.select_for_update().get(pk=run_id)
+        if locked.status != RunStatus.RUNNING or locked.results.filter(chunk=index).exists():
+            return 0
+        OptimizationResult.objects.bulk_create(
+            OptimizationResult(
+                run=locked, chunk=index, worker=worker[:200],
+                parameters={k: _json_value(row[k]) for k in names if k in row},
+                metrics={k: _json_value(v) for k, v in row.items() if k not in names},
+                objective=_json_value(row.get(locked.objective)),
+            )
+            for row in rows
+        )  # fmt: skip
+        locked.chunks_done += 1
+        locked.progress = locked.chunks_done / max(locked.chunks_total, 1)
+        if locked.chunks_done >= locked.chunks_total:
+            _finish_optimization(locked)
+        locked.save()
+        _progress(locked, locked.progress)
+    return len(rows)
+
+
+def _finish_optimization(run: OptimizationRun) -> None:
+    from backtests.optimize import rank
+
+    rows = [
+        {**r.parameters, **r.metrics, "_id": r.pk}
+        for r in run.results.all().only("parameters", "metrics")
+    ]
+    if rows:
+        best = rank(pd.DataFrame(rows), run.objective).iloc[0]
+        chosen = run.results.get(pk=int(best["_id"]))
+        run.best_parameters = chosen.parameters
+        run.best_metrics = chosen.metrics
+    run.status = RunStatus.DONE
+    run.progress = 1.0
+    run.finished_at = timezone.now()

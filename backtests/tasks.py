@@ -1,0 +1,27 @@
+"""Celery tasks of the ``backtests`` queue. Thin: decode ids, call the service."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from backtests import services
+
+
+@shared_task(name="backtests.run")
+def run_backtest_task(run_id: int) -> str | None:
+    """Execute a stored BacktestRun; returns its final status."""
+    run = services.backtest_execute(run_id)
+    return None if run is None else run.status
+
+
+@shared_task(name="backtests.optimize")
+def run_optimization_task(run_id: int) -> str | None:
+    """Start a stored OptimizationRun: walk-forward here, sweeps fanned out as chunk tasks."""
+    run = services.optimization_execute(run_id)
+    return None if run is None else run.status
+
+
+@shared_task(name="backtests.optimize_chunk", bind=True)
+def run_optimization_chunk_task(self, run_id: int, index: int, combos: list[dict]) -> int:
+    """Evaluate one chunk of combinations on whichever worker takes it."""
+    return services.optimization_chunk(run_id, index, combos, worker=self.request.hostname or "")
