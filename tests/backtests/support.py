@@ -58,3 +58,24 @@ def frame(
 def flat_bars(prices: Sequence[float], signals: Sequence[int] | None = None) -> pd.DataFrame:
     """Bars that trade at one price each (open = high = low = close)."""
     return frame(prices, prices, prices, prices, signals)
+
+
+def store_hourly_candles(instrument_id: int, *, start_ms: int, bars: int, seed: int) -> None:
+    """Store ``bars`` 1h candles of a seeded random walk (4-decimal prices) after ``start_ms``."""
+    from marketdata.services import candles_upsert
+
+    hour = 3_600_000
+    rng = np.random.default_rng(seed)
+    close = np.round(100 * np.exp(np.cumsum(rng.normal(0, 0.01, bars))), 4)
+    open_ = np.round(np.r_[close[0], close[:-1]], 4)
+    spread = np.abs(rng.normal(0, 0.005, bars)) * close
+    candles_upsert(
+        instrument_id=instrument_id, timeframe="1h",
+        candles={
+            "timestamp": start_ms + hour * np.arange(1, bars + 1),
+            "open": open_, "close": close,
+            "high": np.round(np.maximum(open_, close) + spread, 4),
+            "low": np.round(np.minimum(open_, close) - spread, 4),
+            "volume": np.round(rng.uniform(1, 10, bars), 3), "trades": np.full(bars, 5),
+        },
+    )  # fmt: skip

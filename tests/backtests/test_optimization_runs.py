@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import numpy as np
 import pytest
 
 from backtests import services
@@ -13,8 +12,9 @@ from backtests.models import OptimizationRun, RunStatus
 from backtests.optimize import grid_search
 from marketdata.models import Exchange
 from marketdata.selectors import candles_frame
-from marketdata.services import candles_upsert, instrument_ensure
+from marketdata.services import instrument_ensure
 from strategies.base import StrategyParameterError
+from tests.backtests.support import store_hourly_candles
 from tests.factories import StaffUserFactory
 from tests.support import eventually
 
@@ -27,21 +27,7 @@ BARS = 20_000
 def instrument(transactional_db):
     Exchange.objects.create(ccxt_id="simulated", name="Sim", kind="simulated")
     inst = instrument_ensure(exchange_id="simulated", symbol="ETH/USDT")
-    rng = np.random.default_rng(9)
-    close = np.round(100 * np.exp(np.cumsum(rng.normal(0, 0.01, BARS))), 4)
-    open_ = np.round(np.r_[close[0], close[:-1]], 4)
-    spread = np.abs(rng.normal(0, 0.004, BARS)) * close
-    t0 = int(START.timestamp() * 1000)
-    candles_upsert(
-        instrument_id=inst.pk, timeframe="1h",
-        candles={
-            "timestamp": t0 + HOUR * np.arange(1, BARS + 1),
-            "open": open_, "close": close,
-            "high": np.round(np.maximum(open_, close) + spread, 4),
-            "low": np.round(np.minimum(open_, close) - spread, 4),
-            "volume": np.ones(BARS), "trades": np.ones(BARS, dtype=int),
-        },
-    )  # fmt: skip
+    store_hourly_candles(inst.pk, start_ms=int(START.timestamp() * 1000), bars=BARS, seed=9)
     return inst
 
 

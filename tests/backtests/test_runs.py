@@ -13,8 +13,9 @@ from backtests import services
 from backtests.models import BacktestRun, RunStatus
 from marketdata.models import Exchange
 from marketdata.selectors import candles_frame
-from marketdata.services import candles_upsert, instrument_ensure
+from marketdata.services import instrument_ensure
 from strategies.base import StrategyParameterError
+from tests.backtests.support import store_hourly_candles
 from tests.factories import StaffUserFactory
 from tests.support import eventually
 
@@ -26,22 +27,7 @@ HOUR = 3_600_000
 def instrument(transactional_db):
     Exchange.objects.create(ccxt_id="simulated", name="Sim", kind="simulated")
     inst = instrument_ensure(exchange_id="simulated", symbol="BTC/USDT")
-    rng = np.random.default_rng(5)
-    n = 2_000
-    close = np.round(100 * np.exp(np.cumsum(rng.normal(0, 0.01, n))), 4)
-    open_ = np.round(np.r_[close[0], close[:-1]], 4)
-    spread = np.abs(rng.normal(0, 0.005, n)) * close
-    t0 = int(START.timestamp() * 1000)
-    candles_upsert(
-        instrument_id=inst.pk, timeframe="1h",
-        candles={
-            "timestamp": t0 + HOUR * np.arange(1, n + 1),
-            "open": open_, "close": close,
-            "high": np.round(np.maximum(open_, close) + spread, 4),
-            "low": np.round(np.minimum(open_, close) - spread, 4),
-            "volume": np.round(rng.uniform(1, 10, n), 3), "trades": np.full(n, 5),
-        },
-    )  # fmt: skip
+    store_hourly_candles(inst.pk, start_ms=int(START.timestamp() * 1000), bars=2_000, seed=5)
     return inst
 
 
