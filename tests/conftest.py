@@ -62,6 +62,17 @@ def redis_server() -> Iterator[str]:
     yield settings.REDIS_URL
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _collected_static(django_db_blocker) -> None:
+    """The production profile serves hashed static files from collectstatic's manifest, as a
+    deployment does (`make run` collects them first): collect them once for the session."""
+    if settings.PRODUCTION:
+        from django.core.management import call_command
+
+        with django_db_blocker.unblock():
+            call_command("collectstatic", interactive=False, verbosity=0)
+
+
 @dataclass
 class WorkerProcess:
     proc: subprocess.Popen
