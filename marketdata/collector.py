@@ -314,14 +314,24 @@ class DataCollector:
 
     async def tick(self) -> None:
         """Close candles whose time has passed, resolve tainted minutes, write and announce."""
-        horizon = self._now_ms() - self.close_grace_ms
+        now = self._now_ms()
+        events, self._provider_events = self._provider_events, []
+        for exchange, event, _ in events:
+            if event in ("reconnecting", "error"):
+                # Trades made during an outage may reach us only after their minute closed
+                # (then they are refused as late): take the minutes around it from the
+                # exchange's own candles.
+                until = -(-now // MINUTE_MS) * MINUTE_MS + MINUTE_MS
+                for state in self.states.values():
+                    if state.exchange == exchange:
+                        state.tainted_until_ms = max(state.tainted_until_ms, until)
+        horizon = now - self.close_grace_ms
         for state in self.states.values():
             self._buffers.closed.extend((state, c) for c in state.builder.flush(horizon))
         buffers, self._buffers = self._buffers, _Buffers()
         for i, (state, candle) in enumerate(buffers.closed):
             if candle["timestamp"] <= state.tainted_until_ms:
                 buffers.closed[i] = (state, await self._exchange_minute(state, candle))
-        events, self._provider_events = self._provider_events, []
         await sync_to_async(self.flush)(buffers, events)
 
     def flush(

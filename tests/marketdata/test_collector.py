@@ -385,3 +385,28 @@ async def test_collector_finishes_higher_candles_across_a_quiet_spell(instrument
     ] == [(T0 + 5 * MIN, 10.0, 12.0, 12.0)]
     assert ("5m", T0 + 5 * MIN) in got and ("5m", T0 + 10 * MIN) not in got
     assert [c for tf, c in got if tf == "1m"] == [T0 + MIN, T0 + 4 * MIN, T0 + 8 * MIN]
+
+
+class FlakyProvider(ScriptedProvider):
+    """Yields its trades, then reports a dropped connection (as CcxtProvider does)."""
+
+    async def stream_trades(self, symbols):
+        for row in self.trades:
+            yield {"exchange": self.exchange_id, **row}
+        self.report("reconnecting", "connection dropped")
+        await asyncio.Event().wait()
+
+
+@pytest.mark.asyncio
+async def test_collector_takes_minutes_around_an_outage_from_the_exchange(instrument):
+    exchange_minute = {"timestamp": T0 + 2 * MIN, "open": 1.0, "high": 9.0, "low": 0.5,
+                       "close": 2.0, "volume": 7.0}  # fmt: skip
+    provider = FlakyProvider([trade(1, T0 + MIN + 5_000, price=3.0)], [exchange_minute])
+    # Started at T0+10s (start-up covers the minute closing at T0+1m only); the drop is
+    # reported during the next minute.
+    await collect(provider, Clock(T0 + 10_000), settle_ms=T0 + 2 * MIN + 5_000)
+    candle = await sync_to_async(Candle.objects.get)(timeframe="1m", close_time=_dt(T0 + 2 * MIN))
+    # The exchange knows the trades we may have missed while disconnected.
+    assert (candle.source, float(candle.high), float(candle.volume)) == ("exchange", 9.0, 7.0)
+    status = await sync_to_async(CollectionStatus.objects.get)(instrument=instrument)
+    assert "connection dropped" in status.last_error
