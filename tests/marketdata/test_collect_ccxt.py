@@ -11,7 +11,7 @@ import time
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from marketdata.backfill import backfill
 from marketdata.collector import DataCollector
@@ -136,3 +136,16 @@ def _dt(ms: int):
     from marketdata.services import ms_to_datetime
 
     return ms_to_datetime(ms)
+
+
+def test_backfill_reports_an_unreachable_exchange_clearly(transactional_db):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    Exchange.objects.create(ccxt_id="binance", name="Down", kind="ccxt",
+                            api_base_url=f"http://127.0.0.1:{port}")  # fmt: skip
+    instrument_ensure(exchange_id="binance", symbol="BTC/USDT")
+    with pytest.raises(CommandError, match="binance did not answer: "):
+        call_command("backfill", "binance", "BTC/USDT", "--since", "2026-01-01")

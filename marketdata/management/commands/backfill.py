@@ -1,6 +1,7 @@
 import asyncio
 from datetime import UTC, datetime
 
+import ccxt
 from django.core.management.base import BaseCommand, CommandError
 
 from marketdata import backfill as history
@@ -53,6 +54,11 @@ class Command(BaseCommand):
             count = asyncio.run(self._run(instrument, options["timeframe"], since, until))
         except ProviderError as exc:
             raise CommandError(str(exc)) from exc
+        except ccxt.BaseError as exc:
+            # Retried by the provider already; what is stored so far stays (resumable).
+            raise CommandError(
+                f"{instrument.exchange.ccxt_id} did not answer: {type(exc).__name__}: {exc}"
+            ) from exc
         self.stdout.write(self.style.SUCCESS(f"{instrument}: {count} candles received"))
 
     async def _run(self, instrument: Instrument, timeframe: str, since: int, until: int | None):
