@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -265,16 +264,28 @@ def candles_rebuild_higher(
     table, so nothing that reads candles can see one.
     """
     written: dict[str, dict[str, np.ndarray]] = {}
+    bounds: dict[str, tuple[int, int]] = {}
     for timeframe in instrument.timeframes:
         if timeframe == "1m":
             continue
         interval = parse_timeframe(timeframe) * 1000
         lo = (start_ms // interval) * interval  # open of the first affected higher candle
         hi = -(-end_ms // interval) * interval  # close of the last affected higher candle
-        minute = candles_arrays(instrument_id=instrument.pk, timeframe="1m", start_ms=lo, end_ms=hi)
-        if len(minute["timestamp"]) == 0:
+        bounds[timeframe] = (lo, hi)
+    if not bounds:
+        return written
+    # One query covers every timeframe's range; each takes its slice.
+    minutes = candles_arrays(
+        instrument_id=instrument.pk,
+        timeframe="1m",
+        start_ms=min(lo for lo, _ in bounds.values()),
+        end_ms=max(hi for _, hi in bounds.values()),
+    )
+    for timeframe, (lo, hi) in bounds.items():
+        inside = (minutes["timestamp"] > lo) & (minutes["timestamp"] <= hi)
+        if not inside.any():
             continue
-        higher = resample_candles(minute, timeframe)
+        higher = resample_candles({k: v[inside] for k, v in minutes.items()}, timeframe)
         final = higher["timestamp"] <= final_until_ms
         higher = {k: v[final] for k, v in higher.items()}
         if len(higher["timestamp"]) == 0:
@@ -296,7 +307,6 @@ def status_record(
 ) -> None:
     """Add counts and move the collection status of one instrument forward."""
     now = timezone.now()
-    CollectionStatus.objects.get_or_create(instrument_id=instrument_id)
     updates: dict[str, Any] = {
         "ticks_count": F("ticks_count") + ticks,
         "rejects_count": F("rejects_count") + rejects,
@@ -311,7 +321,10 @@ def status_record(
     if error is not None:
         updates["last_error"] = error[:2000]
         updates["last_error_at"] = now
-    CollectionStatus.objects.filter(instrument_id=instrument_id).update(**updates)
+    if not CollectionStatus.objects.filter(instrument_id=instrument_id).update(**updates):
+        # First report for this instrument (one extra query, once).
+        CollectionStatus.objects.get_or_create(instrument_id=instrument_id)
+        CollectionStatus.objects.filter(instrument_id=instrument_id).update(**updates)
 
 
 def instrument_ensure(
@@ -340,7 +353,3 @@ def json_candle(candle: dict[str, Any]) -> dict[str, Any]:
         **{k: float(candle[k]) for k in ("open", "high", "low", "close", "volume")},
         "trades": int(candle.get("trades", 0) or 0),
     }
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(jsonable(value))

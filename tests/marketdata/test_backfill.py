@@ -13,7 +13,7 @@ from marketdata.aggregation import aggregate_arrays
 from marketdata.backfill import Gap, backfill, find_gaps, refill_gaps
 from marketdata.models import Candle, Exchange
 from marketdata.providers.simulated import SimulatedProvider
-from marketdata.services import candles_arrays, datetime_to_ms, instrument_ensure
+from marketdata.services import candles_arrays, datetime_to_ms, instrument_ensure, ms_to_datetime
 from marketdata.tasks import refill_gaps as refill_gaps_task
 
 MIN = 60_000
@@ -105,7 +105,7 @@ def test_gaps_are_found_and_refilled_exactly(instrument):
     )
     complete = stored(instrument)
     hole = [START + k * MIN for k in (10, 11, 12, 50)]
-    Candle.objects.filter(timeframe="1m", close_time__in=[_dt(t) for t in hole]).delete()
+    Candle.objects.filter(timeframe="1m", close_time__in=[ms_to_datetime(t) for t in hole]).delete()
 
     gaps = find_gaps(instrument_id=instrument.pk, timeframe="1m", start_ms=START, end_ms=end)
     assert gaps == [
@@ -147,7 +147,9 @@ def test_refill_gaps_task_runs_in_a_real_worker(instrument, celery_worker):
         )
     )
     missing = [end - 30 * MIN, end - 29 * MIN]
-    Candle.objects.filter(timeframe="1m", close_time__in=[_dt(t) for t in missing]).delete()
+    Candle.objects.filter(
+        timeframe="1m", close_time__in=[ms_to_datetime(t) for t in missing]
+    ).delete()
 
     result = refill_gaps_task.delay(hours=1).get(timeout=120)
     # The two holes, plus the newest minute(s) if they closed after the backfill above.
@@ -158,9 +160,3 @@ def test_refill_gaps_task_runs_in_a_real_worker(instrument, celery_worker):
         for c in Candle.objects.filter(timeframe="1m").values_list("close_time", flat=True)
     }
     assert set(missing) <= closes
-
-
-def _dt(ms: int):
-    from marketdata.services import ms_to_datetime
-
-    return ms_to_datetime(ms)

@@ -17,7 +17,7 @@ from marketdata.backfill import backfill
 from marketdata.collector import DataCollector
 from marketdata.models import Candle, CollectionStatus, Exchange, RawTick
 from marketdata.providers.factory import provider_for
-from marketdata.services import candles_arrays, instrument_ensure
+from marketdata.services import candles_arrays, instrument_ensure, ms_to_datetime
 from tests.exchange_server import FakeBinance
 
 MIN = 60_000
@@ -93,7 +93,9 @@ async def test_collector_on_ccxt_survives_faults_with_no_missing_candle(binance,
         # Collect until the minute after the faults has closed.
         target = (exchange_server.now_ms() // MIN + 1) * MIN
         await _wait_for(
-            lambda: Candle.objects.filter(timeframe="1m", close_time__gte=_dt(target)).exists(),
+            lambda: Candle.objects.filter(
+                timeframe="1m", close_time__gte=ms_to_datetime(target)
+            ).exists(),
             160,
             "a minute closed after the faults",
         )
@@ -130,12 +132,6 @@ async def _wait_for(condition, timeout: float, message: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         await asyncio.sleep(0.5)
-
-
-def _dt(ms: int):
-    from marketdata.services import ms_to_datetime
-
-    return ms_to_datetime(ms)
 
 
 def test_backfill_reports_an_unreachable_exchange_clearly(transactional_db):

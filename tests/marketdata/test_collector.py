@@ -22,7 +22,7 @@ from marketdata.collector import DataCollector, TickRejected, candle_closed, val
 from marketdata.models import Candle, CollectionStatus, Exchange, RawTick, RejectedTick
 from marketdata.providers.base import Candle as CandleDict
 from marketdata.providers.base import DataProvider, ProviderError, RawTrade
-from marketdata.services import instrument_ensure
+from marketdata.services import instrument_ensure, ms_to_datetime
 from tradeapp.redis_client import get_redis
 
 T0 = 1_795_000_000_000 - (1_795_000_000_000 % 3_600_000)  # an hour boundary, epoch ms
@@ -183,7 +183,7 @@ async def test_collector_stores_ticks_and_builds_candles_in_all_timeframes(instr
         assert [r[6] for r in stored] == expected["trades"].tolist()
 
     assert not await sync_to_async(
-        Candle.objects.filter(close_time__gt=_dt(T0 + 16 * MIN)).exists
+        Candle.objects.filter(close_time__gt=ms_to_datetime(T0 + 16 * MIN)).exists
     )()
     closed_1m = [s for s in got_signals if s["timeframe"] == "1m"]
     assert [s["close_ms"] for s in closed_1m] == [T0 + k * MIN for k in range(1, 17)]
@@ -273,7 +273,9 @@ async def test_collector_restart_restores_the_open_candle_and_refuses_replays(in
     # this one has no candles to offer, so the candle is built from the stored and new ticks.
     await collect(ScriptedProvider(second), Clock(T0 + 3 * MIN + 10_000))
 
-    candle = await sync_to_async(Candle.objects.get)(timeframe="1m", close_time=_dt(T0 + 2 * MIN))
+    candle = await sync_to_async(Candle.objects.get)(
+        timeframe="1m", close_time=ms_to_datetime(T0 + 2 * MIN)
+    )
     assert (float(candle.open), float(candle.high), float(candle.low), float(candle.close)) == (
         101,
         129,
@@ -316,14 +318,10 @@ async def test_collector_takes_missed_minutes_from_the_provider_after_restart(in
     closes = [int(r[0].timestamp() * 1000) for r in rows]
     assert closes[:5] == [T0 + k * MIN for k in range(1, 6)]
     assert dict(zip(closes, [r[1] for r in rows], strict=True))[T0 + 3 * MIN] == "exchange"
-    five = await sync_to_async(Candle.objects.get)(timeframe="5m", close_time=_dt(T0 + 5 * MIN))
+    five = await sync_to_async(Candle.objects.get)(
+        timeframe="5m", close_time=ms_to_datetime(T0 + 5 * MIN)
+    )
     assert float(five.high) == 205.0  # rebuilt from the refilled minutes
-
-
-def _dt(ms: int):
-    from marketdata.services import ms_to_datetime
-
-    return ms_to_datetime(ms)
 
 
 class BrokenProvider(ScriptedProvider):
@@ -405,7 +403,9 @@ async def test_collector_takes_minutes_around_an_outage_from_the_exchange(instru
     # Started at T0+10s (start-up covers the minute closing at T0+1m only); the drop is
     # reported during the next minute.
     await collect(provider, Clock(T0 + 10_000), settle_ms=T0 + 2 * MIN + 5_000)
-    candle = await sync_to_async(Candle.objects.get)(timeframe="1m", close_time=_dt(T0 + 2 * MIN))
+    candle = await sync_to_async(Candle.objects.get)(
+        timeframe="1m", close_time=ms_to_datetime(T0 + 2 * MIN)
+    )
     # The exchange knows the trades we may have missed while disconnected.
     assert (candle.source, float(candle.high), float(candle.volume)) == ("exchange", 9.0, 7.0)
     status = await sync_to_async(CollectionStatus.objects.get)(instrument=instrument)
