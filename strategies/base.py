@@ -90,6 +90,7 @@ import functools
 import inspect
 import itertools
 import math
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -333,6 +334,25 @@ class OHLCVArrays(NamedTuple):
     volume: np.ndarray
 
 
+# Indexes already found strictly increasing, by id (a weak reference guards against a reused
+# id). pandas indexes are immutable, so the check holds for the life of the object: a sweep
+# that calls ``generate_signals`` on one frame hundreds of times reads its 1M timestamps once.
+_INCREASING: dict[int, weakref.ref] = {}
+
+
+def _known_increasing(index: pd.DatetimeIndex) -> bool:
+    ref = _INCREASING.get(id(index))
+    return ref is not None and ref() is index
+
+
+def _remember_increasing(index: pd.DatetimeIndex) -> None:
+    key = id(index)
+    try:
+        _INCREASING[key] = weakref.ref(index, lambda _ref: _INCREASING.pop(key, None))
+    except TypeError:  # an index type without weak references: simply not remembered
+        pass
+
+
 def _check_index(index: pd.Index) -> None:
     if not isinstance(index, pd.DatetimeIndex):
         raise OHLCVError(
@@ -343,7 +363,7 @@ def _check_index(index: pd.Index) -> None:
         raise OHLCVError("OHLCV index is timezone-naive: localise it with .tz_localize('UTC')")
     if str(index.tz) not in _UTC_NAMES:
         raise OHLCVError(f"OHLCV index is in {index.tz}: convert it with .tz_convert('UTC')")
-    if len(index) > 1:
+    if len(index) > 1 and not _known_increasing(index):
         bad = first_not_increasing_nb(index.asi8)
         if bad >= 0:
             what = "a duplicate" if index[bad] == index[bad - 1] else "out of order"
@@ -352,6 +372,8 @@ def _check_index(index: pd.Index) -> None:
                 f"({index[bad]}) is {what} after {index[bad - 1]}; use "
                 ".sort_index() and drop duplicates"
             )
+        if len(index) > 10_000:  # small windows (a bot's) are cheaper to check than to track
+            _remember_increasing(index)
 
 
 def validate_ohlcv(data: object, columns: Sequence[str] = OHLCV_COLUMNS) -> pd.DataFrame:
@@ -583,7 +605,14 @@ def _finish_signals(cls: type, result: object, n: int, warmup: int) -> np.ndarra
     elif count_invalid_signals_nb(signals):
         bad = int(np.flatnonzero((signals < -1) | (signals > 1))[0])
         raise ValueError(f"{where} returned {signals[bad]} at bar {bad}; signals are -1, 0 or 1")
-    fresh = signals.dtype == np.int8 and signals.base is None and signals.flags.writeable
+    # Zeroing the warm-up below writes into the array: only into one the strategy made for
+    # this call (owning its memory, or allocated by a numba kernel), never into a view of
+    # something the caller still holds.
+    fresh = (
+        signals.dtype == np.int8
+        and signals.flags.writeable
+        and (signals.base is None or type(signals.base).__name__ == "_MemInfo")
+    )
     out = signals if fresh else signals.astype(np.int8)
     out[: min(warmup, n)] = 0
     return out

@@ -1,5 +1,9 @@
-"""The built-in strategies: indicator arrays from ``strategies.indicators``, one signal kernel from
-``strategies.kernels`` each. Pure (numpy, pandas, numba; never Django).
+"""The built-in strategies. Pure (numpy, pandas, numba; never Django).
+
+Each rule is the signal kernel of ``strategies.kernels`` applied to indicators of
+``strategies.indicators`` (what ``compute_indicators`` returns, plotted and logged with every
+decision); ``generate_signals`` runs it as one fused kernel from prices to signals, which the
+tests hold equal to that composition.
 
 Every rule below is written for a trader: what makes a BUY, what makes a SELL, the parameters
 and the warm-up. "Bar" and "candle" are the same thing; a signal on a candle is known when that
@@ -25,10 +29,12 @@ from strategies.base import (
 )
 from strategies.indicators import bollinger, donchian, ema, macd, rsi, sma
 from strategies.kernels import (
-    band_reentry_signals_nb,
-    breakout_signals_nb,
-    cross_signals_nb,
-    level_reentry_signals_nb,
+    bollinger_reentry_signals_nb,
+    donchian_breakout_signals_nb,
+    ema_cross_signals_nb,
+    macd_cross_signals_nb,
+    rsi_reentry_signals_nb,
+    sma_cross_signals_nb,
 )
 
 __all__ = [
@@ -42,8 +48,12 @@ __all__ = [
 ]
 
 
+def _column(ohlcv: pd.DataFrame, name: str) -> np.ndarray:
+    return np.ascontiguousarray(ohlcv[name].to_numpy(dtype=np.float64))
+
+
 def _close(ohlcv: pd.DataFrame) -> np.ndarray:
-    return np.ascontiguousarray(ohlcv["close"].to_numpy(dtype=np.float64))
+    return _column(ohlcv, "close")
 
 
 def _require_less(parameters: dict[str, Any], small: str, large: str) -> None:
@@ -129,8 +139,7 @@ class SMACrossover(BaseStrategy):
 
     @classmethod
     def generate_signals(cls, ohlcv: pd.DataFrame, parameters: dict[str, Any]) -> np.ndarray:
-        close = _close(ohlcv)
-        return cross_signals_nb(sma(close, parameters["fast"]), sma(close, parameters["slow"]))
+        return sma_cross_signals_nb(_close(ohlcv), parameters["fast"], parameters["slow"])
 
     @classmethod
     def explain(cls, decision: Decision) -> str:
@@ -190,8 +199,7 @@ class EMACrossover(BaseStrategy):
 
     @classmethod
     def generate_signals(cls, ohlcv: pd.DataFrame, parameters: dict[str, Any]) -> np.ndarray:
-        close = _close(ohlcv)
-        return cross_signals_nb(ema(close, parameters["fast"]), ema(close, parameters["slow"]))
+        return ema_cross_signals_nb(_close(ohlcv), parameters["fast"], parameters["slow"])
 
     @classmethod
     def explain(cls, decision: Decision) -> str:
@@ -256,10 +264,8 @@ class RSIReversion(BaseStrategy):
 
     @classmethod
     def generate_signals(cls, ohlcv: pd.DataFrame, parameters: dict[str, Any]) -> np.ndarray:
-        return level_reentry_signals_nb(
-            rsi(_close(ohlcv), parameters["period"]),
-            parameters["oversold"],
-            parameters["overbought"],
+        return rsi_reentry_signals_nb(
+            _close(ohlcv), parameters["period"], parameters["oversold"], parameters["overbought"]
         )
 
     @classmethod
@@ -343,10 +349,9 @@ class MACDCrossover(BaseStrategy):
 
     @classmethod
     def generate_signals(cls, ohlcv: pd.DataFrame, parameters: dict[str, Any]) -> np.ndarray:
-        line, signal_line, _ = macd(
+        return macd_cross_signals_nb(
             _close(ohlcv), parameters["fast"], parameters["slow"], parameters["signal"]
         )
-        return cross_signals_nb(line, signal_line)
 
     @classmethod
     def explain(cls, decision: Decision) -> str:
@@ -401,9 +406,7 @@ class BollingerReversion(BaseStrategy):
 
     @classmethod
     def generate_signals(cls, ohlcv: pd.DataFrame, parameters: dict[str, Any]) -> np.ndarray:
-        close = _close(ohlcv)
-        _, upper, lower = bollinger(close, parameters["n"], parameters["k"])
-        return band_reentry_signals_nb(close, lower, upper)
+        return bollinger_reentry_signals_nb(_close(ohlcv), parameters["n"], parameters["k"])
 
     @classmethod
     def explain(cls, decision: Decision) -> str:
@@ -473,8 +476,9 @@ class DonchianBreakout(BaseStrategy):
 
     @classmethod
     def generate_signals(cls, ohlcv: pd.DataFrame, parameters: dict[str, Any]) -> np.ndarray:
-        upper, lower, _ = donchian(ohlcv["high"], ohlcv["low"], parameters["n"])
-        return breakout_signals_nb(_close(ohlcv), upper, lower)
+        return donchian_breakout_signals_nb(
+            _column(ohlcv, "high"), _column(ohlcv, "low"), _close(ohlcv), parameters["n"]
+        )
 
     @classmethod
     def explain(cls, decision: Decision) -> str:

@@ -13,8 +13,17 @@ OHLCV frames (finite values, strictly increasing times) live here too, as single
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
+
+from strategies.indicators import (
+    BOLLINGER_DIRECT_MAX,
+    bollinger_window_nb,
+    ema_advance_nb,
+    ema_pair_advance_nb,
+)
 
 __all__ = [
     "band_reentry_signals_nb",
@@ -149,3 +158,631 @@ def count_invalid_signals_nb(signals: np.ndarray) -> int:
     for i in range(signals.shape[0]):
         bad += (signals[i] < -1) | (signals[i] > 1)
     return bad
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused strategy kernels: one pass from prices to signals (what ``generate_signals`` runs)
+# ---------------------------------------------------------------------------------------------
+#
+# Each built-in strategy's rule as one kernel, for speed: no indicator array is materialised
+# (MACD's line excepted). The work goes block by block (``_BLOCK`` bars): a sequential loop
+# carries the running state (sums, averages) and writes the block's values into a small scratch
+# buffer that stays in the CPU cache, then a loop that numba vectorises turns them into signals.
+# The rules are those of the kernels above applied to ``strategies.indicators``, and the values
+# compared are the indicators' own, to the last bit: the same EMA arithmetic
+# (``ema_advance_nb``, so EMA, MACD), the same Wilder averages (RSI), exact max/min (Donchian),
+# and correctly rounded window sums times ``1 / n`` (SMA, from exact prefix sums). The one
+# exception is the Bollinger variance (prefix sums of deviations, restarted every block): it
+# can round differently from ``bollinger`` by ~1e-13, which matters only where a band passes
+# exactly through a close. A window of equal values gives exactly that value (mean) and 0
+# (variance), as in pandas and ``sma``, so a flat market never crosses out of rounding noise.
+# The tests hold every fused kernel equal to its composition, flat markets and ties included.
+#
+# Inputs are finite float64 arrays (``validate_ohlcv`` guarantees it for ``generate_signals``);
+# the first bar that can signal and everything before it follow the strategies' ``warmup``.
+
+_BLOCK = 1024
+
+
+@njit(cache=True)
+def _window_sum_nb(x: np.ndarray, stop: int, n: int) -> float:
+    """``sum(x[stop - n:stop])`` added in order."""
+    total = 0.0
+    for j in range(stop - n, stop):
+        total += x[j]
+    return total
+
+
+@njit(cache=True)
+def _changes_nb(x: np.ndarray, stop: int, n: int) -> int:
+    """How many of the ``n - 1`` consecutive pairs inside ``x[stop - n:stop]`` differ (0: flat)."""
+    count = 0
+    for j in range(stop - n + 1, stop):
+        count += x[j] != x[j - 1]
+    return count
+
+
+@njit(cache=True)
+def _cross_block_nb(diff: np.ndarray, out: np.ndarray) -> None:
+    """Crossover signals from ``diff = fast - slow`` (``diff[0]`` is the bar before
+    ``out[0]``): buy when the sign goes from strictly negative to strictly positive, sell on
+    the mirror; the sign of a float difference is exact, so this is ``cross_signals_nb``."""
+    d0 = diff[:-1]
+    d1 = diff[1:]
+    for k in range(out.shape[0]):
+        buy = np.int8((d0[k] < 0.0) & (d1[k] > 0.0))
+        sell = np.int8((d0[k] > 0.0) & (d1[k] < 0.0))
+        out[k] = buy - sell
+
+
+@njit(cache=True)
+def _sma_at_nb(x: np.ndarray, i: int, n: int) -> float:
+    """The SMA of the window ending at bar ``i``, as the fused kernels compute it."""
+    if _changes_nb(x, i + 1, n) == 0:
+        return x[i]
+    return _window_sum_nb(x, i + 1, n) * (1.0 / n)
+
+
+@njit(cache=True)
+def _prefix_base_nb(xs: np.ndarray) -> float:
+    """The offset that makes ``_prefix_lanes_nb``'s sums exact with cheap arithmetic: a power
+    of two at least four times the largest possible partial sum of ``xs`` (so every running
+    total stays within [3/4, 5/4] of it), or 0 when that would overflow."""
+    m = xs.shape[0]
+    whole = m - m % 4
+    b0 = b1 = b2 = b3 = 0.0  # four independent maxima: the comparisons overlap
+    for t in range(0, whole, 4):
+        b0 = max(b0, abs(xs[t]))
+        b1 = max(b1, abs(xs[t + 1]))
+        b2 = max(b2, abs(xs[t + 2]))
+        b3 = max(b3, abs(xs[t + 3]))
+    for t in range(whole, m):
+        b0 = max(b0, abs(xs[t]))
+    big = max(b0, b1, b2, b3)
+    limit = 4.0 * (xs.shape[0] + 1) * big
+    if not limit < 1e300:
+        return 0.0
+    base = 1.0
+    while base < limit:
+        base *= 2.0
+    return base
+
+
+@njit(cache=True)
+def _prefix_exact_nb(xs: np.ndarray, hi: np.ndarray, lo: np.ndarray, changes: np.ndarray):
+    """``_prefix_lanes_nb`` for one lane whose values are too large for an offset: TwoSum."""
+    hi[0] = 0.0
+    lo[0] = 0.0
+    changes[0] = 0
+    total = 0.0
+    comp = 0.0
+    count = 0
+    prev = xs[0] if xs.shape[0] else 0.0
+    for t in range(xs.shape[0]):
+        v = xs[t]
+        s = total + v
+        b = s - total
+        comp += (total - (s - b)) + (v - b)
+        total = s
+        count += np.int64(v != prev)
+        prev = v
+        hi[t + 1] = total
+        lo[t + 1] = comp
+        changes[t + 1] = count
+
+
+@njit(cache=True)
+def _prefix_lanes_nb(  # noqa: PLR0915, PLR0917 (numba: one loop, positional arguments)
+    xa: np.ndarray,
+    xb: np.ndarray,
+    hi_a: np.ndarray,
+    lo_a: np.ndarray,
+    changes_a: np.ndarray,
+    hi_b: np.ndarray,
+    lo_b: np.ndarray,
+    changes_b: np.ndarray,
+) -> None:
+    """Exact prefix sums and change counts of two stretches of a series at once.
+
+    For lane ``a`` (likewise ``b``): ``hi_a[t] + lo_a[t]`` is ``base + sum(xa[:t])`` exactly
+    (a double-double: every rounding error is kept in ``lo_a``), and ``changes_a[t]`` counts the
+    ``j`` in ``(0, t)`` with ``xa[j] != xa[j - 1]``, for ``t`` in ``0..len(xa)``. The sum of
+    the ``n`` values before ``t`` is ``(hi_a[t] - hi_a[t - n]) + (lo_a[t] - lo_a[t - n])``,
+    correct to ~1e-30 of the stretch's total, so rounded once it is the window's correctly
+    rounded sum whatever the stretch started at; the ``n`` values are all equal when
+    ``changes_a[t] == changes_a[t - n + 1]``.
+
+    Speed: ``base`` (``_prefix_base_nb``) keeps every total within [3/4, 5/4] of itself, so
+    each step's rounding error is ``v - (s - total)`` (Fast2Sum, 3 operations instead of
+    TwoSum's 6) and differences of totals are exact (Sterbenz). A running sum is bound by the
+    latency of its additions; two lanes in one loop overlap them. A lane whose values are too
+    large for an offset (~1e300) falls back to TwoSum from 0, which the readers also handle.
+    ``xb`` may be shorter than ``xa`` (or empty).
+    """
+    base_a = _prefix_base_nb(xa)
+    base_b = _prefix_base_nb(xb) if xb.shape[0] else 1.0
+    if base_a == 0.0 or base_b == 0.0:
+        _prefix_exact_nb(xa, hi_a, lo_a, changes_a)
+        _prefix_exact_nb(xb, hi_b, lo_b, changes_b)
+        return
+    ma = xa.shape[0]
+    mb = xb.shape[0]
+    hi_a[0] = base_a
+    lo_a[0] = 0.0
+    changes_a[0] = 0
+    hi_b[0] = base_b
+    lo_b[0] = 0.0
+    changes_b[0] = 0
+    ha = hi_a[1:]
+    la = lo_a[1:]
+    ca = changes_a[1:]
+    hb = hi_b[1:]
+    lb = lo_b[1:]
+    cb = changes_b[1:]
+    total_a = base_a
+    comp_a = 0.0
+    count_a = 0
+    prev_a = xa[0] if ma else 0.0
+    total_b = base_b
+    comp_b = 0.0
+    count_b = 0
+    prev_b = xb[0] if mb else 0.0
+    for t in range(mb):
+        v = xa[t]
+        s = total_a + v
+        comp_a += v - (s - total_a)
+        total_a = s
+        count_a += np.int64(v != prev_a)
+        prev_a = v
+        ha[t] = total_a
+        la[t] = comp_a
+        ca[t] = count_a
+        w = xb[t]
+        s = total_b + w
+        comp_b += w - (s - total_b)
+        total_b = s
+        count_b += np.int64(w != prev_b)
+        prev_b = w
+        hb[t] = total_b
+        lb[t] = comp_b
+        cb[t] = count_b
+    for t in range(mb, ma):
+        v = xa[t]
+        s = total_a + v
+        comp_a += v - (s - total_a)
+        total_a = s
+        count_a += np.int64(v != prev_a)
+        prev_a = v
+        ha[t] = total_a
+        la[t] = comp_a
+        ca[t] = count_a
+
+
+@njit(cache=True)
+def _sma_pair_block_nb(  # noqa: PLR0917 (numba: arguments are positional)
+    new: np.ndarray,
+    hi: np.ndarray,
+    lo: np.ndarray,
+    changes: np.ndarray,
+    h: int,
+    fast: int,
+    slow: int,
+    diff: np.ndarray,
+) -> None:
+    """``SMA(fast) - SMA(slow)`` of the bars whose values are ``new`` into ``diff``, from
+    ``_prefix_lanes_nb`` buffers that start ``h >= max(fast, slow)`` bars before ``new[0]``.
+    Each SMA is the correctly rounded window sum times ``1 / n`` (as ``sma``), or the value
+    itself for a window of equal values."""
+    inv_f = 1.0 / fast
+    inv_s = 1.0 / slow
+    h1 = hi[h + 1 :]
+    l1 = lo[h + 1 :]
+    c1 = changes[h + 1 :]
+    hf = hi[h + 1 - fast :]
+    lf = lo[h + 1 - fast :]
+    cf = changes[h + 2 - fast :]
+    hs = hi[h + 1 - slow :]
+    ls = lo[h + 1 - slow :]
+    cs = changes[h + 2 - slow :]
+    for k in range(new.shape[0]):
+        a = h1[k]
+        c = -hf[k]
+        s = a + c  # TwoSum: s + err is exactly hi[t] - hi[t - n]
+        b = s - a
+        err = (a - (s - b)) + (c - b)
+        f = new[k] if c1[k] == cf[k] else (s + (err + (l1[k] - lf[k]))) * inv_f
+        c = -hs[k]
+        s = a + c
+        b = s - a
+        err = (a - (s - b)) + (c - b)
+        g = new[k] if c1[k] == cs[k] else (s + (err + (l1[k] - ls[k]))) * inv_s
+        diff[k] = f - g
+
+
+@njit(cache=True)
+def sma_cross_signals_nb(x: np.ndarray, fast: int, slow: int) -> np.ndarray:
+    """``cross_signals_nb(sma(x, fast), sma(x, slow))`` in one pass (``SMACrossover``).
+
+    Window sums are differences of exact (double-double) prefix sums restarted at every block
+    (``_prefix_lanes_nb``): correctly rounded, so the means equal ``sma``'s (a sum times
+    ``1 / n``; a window of equal values gives that value exactly) whatever bar the series starts
+    at, and prices on a tick grid whose averages tie exactly stay tied. Bars before
+    ``max(fast, slow)`` are 0.
+    """
+    size = x.shape[0]
+    out = np.zeros(size, dtype=np.int8)
+    if fast < 1 or slow < 1:
+        raise ValueError("SMA lengths must be >= 1")
+    h = max(fast, slow)
+    if size <= h:
+        return out
+    block = max(_BLOCK, 4 * h)
+    width = h + block + 1
+    hi = np.empty((2, width))
+    lo = np.empty((2, width))
+    changes = np.empty((2, width), dtype=np.int64)
+    diff = np.empty(block + 1)
+    a = h
+    while a < size:
+        # Two blocks per pass (their prefix sums in one loop); each from h bars before it.
+        b = min(a + block, size)
+        b2 = min(b + block, size)
+        xb = x[b - h : b2] if b < size else x[0:0]
+        _prefix_lanes_nb(x[a - h : b], xb, hi[0], lo[0], changes[0], hi[1], lo[1], changes[1])
+        for lane, start, stop in ((0, a, b), (1, b, b2)):
+            if start >= stop:
+                continue
+            m = stop - start + 1  # bar start - 1 (the previous bar) and the block
+            new = x[start - 1 : stop]
+            _sma_pair_block_nb(new, hi[lane], lo[lane], changes[lane], h - 1, fast, slow, diff)
+            _cross_block_nb(diff[:m], out[start:stop])
+        a = b2
+    return out
+
+
+@njit(cache=True)
+def _block_end(a: int, size: int) -> int:
+    """The end of the block that starts at bar ``a``: about ``_BLOCK`` bars on, at a multiple
+    of 4 (``ema_advance_nb`` continues a series only at group boundaries)."""
+    return min((a + _BLOCK) // 4 * 4, size)
+
+
+@njit(cache=True)
+def _ema_seeded_nb(x: np.ndarray, n: int, stop: int, scratch: np.ndarray) -> float:
+    """The EMA(n) of ``x`` at bar ``stop - 1`` (>= n - 1), exactly as ``ema`` computes it."""
+    value = _window_sum_nb(x, n, n) / n
+    if stop > n:
+        value = ema_advance_nb(x[n:stop], value, 2.0 / (n + 1.0), scratch[: stop - n], n)
+    return value
+
+
+@njit(cache=True)
+def ema_cross_signals_nb(x: np.ndarray, fast: int, slow: int) -> np.ndarray:
+    """``cross_signals_nb(ema(x, fast), ema(x, slow))`` in one pass (``EMACrossover``).
+
+    The EMAs are ``ema``'s to the last bit (``ema_advance_nb``). Bars before ``max(fast,
+    slow)`` are 0.
+    """
+    size = x.shape[0]
+    out = np.zeros(size, dtype=np.int8)
+    if fast < 1 or slow < 1:
+        raise ValueError("EMA lengths must be >= 1")
+    h = max(fast, slow)
+    if size <= h:
+        return out
+    ema_f = np.empty(max(_BLOCK, h))
+    ema_s = np.empty(max(_BLOCK, h))
+    value_f = _ema_seeded_nb(x, fast, h, ema_f)
+    value_s = _ema_seeded_nb(x, slow, h, ema_s)
+    alpha_f = 2.0 / (fast + 1.0)
+    alpha_s = 2.0 / (slow + 1.0)
+    diff = np.empty(_BLOCK + 1)
+    diff[0] = value_f - value_s
+    a = h
+    while a < size:
+        b = _block_end(a, size)
+        m = b - a
+        value_f, value_s = ema_pair_advance_nb(
+            x[a:b], value_f, alpha_f, value_s, alpha_s, diff[1 : m + 1], a
+        )
+        _cross_block_nb(diff[: m + 1], out[a:b])
+        diff[0] = diff[m]
+        a = b
+    return out
+
+
+@njit(cache=True)
+def macd_cross_signals_nb(x: np.ndarray, fast: int, slow: int, signal: int) -> np.ndarray:
+    """``cross_signals_nb(line, signal_line)`` of ``macd(x, fast, slow, signal)``
+    (``MACDCrossover``), with ``macd``'s values to the last bit.
+
+    The line (EMA(fast) - EMA(slow)) starts at bar ``h - 1`` with ``h = max(fast, slow)``; its
+    EMA(signal) is seeded with the mean of its first ``signal`` values, and its groups of four
+    count from the line's first bar, so it runs as a second pass over the line. Bars before
+    ``h + signal - 1`` are 0.
+    """
+    size = x.shape[0]
+    out = np.zeros(size, dtype=np.int8)
+    if fast < 1 or slow < 1 or signal < 1:
+        raise ValueError("MACD lengths must be >= 1")
+    h = max(fast, slow)
+    start = h + signal - 1  # the first bar that can signal
+    if size <= start:
+        return out
+    alpha_f = 2.0 / (fast + 1.0)
+    alpha_s = 2.0 / (slow + 1.0)
+    alpha_g = 2.0 / (signal + 1.0)
+    width = max(_BLOCK, h)
+    ema_f = np.empty(width)
+    ema_s = np.empty(width)
+    lines = np.empty(size)
+    value_f = _ema_seeded_nb(x, fast, h, ema_f)
+    value_s = _ema_seeded_nb(x, slow, h, ema_s)
+    lines[h - 1] = value_f - value_s
+    a = h
+    while a < size:  # the line, in blocks cut at multiples of 4 (the price EMAs' groups)
+        b = _block_end(a, size)
+        value_f, value_s = ema_pair_advance_nb(
+            x[a:b], value_f, alpha_f, value_s, alpha_s, lines[a:b], a
+        )
+        a = b
+    seed = 0.0
+    for j in range(h - 1, start):
+        seed += lines[j]
+    value_g = seed / signal
+    signal_line = np.empty(_BLOCK)
+    diff = np.empty(_BLOCK + 1)
+    diff[0] = lines[start - 1] - value_g
+    anchor = h - 1  # the signal line's groups count from the line's first bar
+    a = start
+    while a < size:
+        b = _block_end(a - anchor, size - anchor) + anchor
+        m = b - a
+        value_g = ema_advance_nb(lines[a:b], value_g, alpha_g, signal_line, a - anchor)
+        for k in range(m):
+            diff[k + 1] = lines[a + k] - signal_line[k]
+        _cross_block_nb(diff[: m + 1], out[a:b])
+        diff[0] = diff[m]
+        a = b
+    return out
+
+
+@njit(cache=True)
+def rsi_reentry_signals_nb(close: np.ndarray, n: int, lower: float, upper: float) -> np.ndarray:
+    """``level_reentry_signals_nb(rsi(close, n), lower, upper)`` in one pass (``RSIReversion``).
+
+    The averages use exactly the arithmetic of ``strategies.indicators.rsi`` (so the RSI values
+    are identical); the RSI and the rule run vectorised per block. Bars before ``n + 1`` are 0.
+    """
+    size = close.shape[0]
+    out = np.zeros(size, dtype=np.int8)
+    if n < 1:
+        raise ValueError("RSI period must be >= 1")
+    if size <= n + 1:
+        return out
+    keep = (n - 1.0) / n
+    part = 1.0 / n
+    avg_gain = 0.0
+    avg_loss = 0.0
+    for i in range(1, n + 1):
+        change = close[i] - close[i - 1]
+        avg_gain += change if change > 0.0 else 0.0
+        avg_loss += -change if change < 0.0 else 0.0
+    avg_gain /= n
+    avg_loss /= n
+    gains = np.empty(_BLOCK)
+    losses = np.empty(_BLOCK)
+    values = np.empty(_BLOCK + 1)
+    total = avg_gain + avg_loss
+    values[0] = 50.0 if total == 0.0 else 100.0 * avg_gain / total  # the RSI at bar n
+    for a in range(n + 1, size, _BLOCK):
+        b = min(a + _BLOCK, size)
+        m = b - a
+        now = close[a:b]
+        before = close[a - 1 : b - 1]
+        for k in range(m):
+            change = now[k] - before[k]
+            avg_gain = avg_gain * keep + (change if change > 0.0 else 0.0) * part
+            avg_loss = avg_loss * keep + (-change if change < 0.0 else 0.0) * part
+            gains[k] = avg_gain
+            losses[k] = avg_loss
+        rsi = values[1:]
+        for k in range(m):
+            total = gains[k] + losses[k]
+            rsi[k] = 50.0 if total == 0.0 else 100.0 * gains[k] / total
+        prev = values[:-1]
+        block_out = out[a:b]
+        for k in range(m):
+            buy = np.int8((prev[k] <= lower) & (rsi[k] > lower))
+            sell = np.int8((prev[k] >= upper) & (rsi[k] < upper))
+            block_out[k] = buy - sell * (1 - buy)
+        values[0] = values[m]
+    return out
+
+
+@njit(cache=True)
+def _shifted_prefix_block_nb(  # noqa: PLR0917 (numba: arguments are positional)
+    x: np.ndarray,
+    start: int,
+    stop: int,
+    shift: float,
+    sums: np.ndarray,
+    squares: np.ndarray,
+    changes: np.ndarray,
+) -> None:
+    """Local prefix sums of ``d = x - shift`` and ``d * d`` (Bollinger's variance): local
+    prefix sums of both, and the change counts."""
+    m = stop - start
+    xs = x[start:stop]
+    sums[0] = 0.0
+    squares[0] = 0.0
+    changes[0] = 0
+    total = 0.0
+    total2 = 0.0
+    count = 0
+    for t in range(m):
+        d = xs[t] - shift
+        total += d
+        total2 += d * d
+        if t > 0:
+            count += np.int64(xs[t] != xs[t - 1])
+        sums[t + 1] = total
+        squares[t + 1] = total2
+        changes[t + 1] = count
+
+
+@njit(cache=True)
+def _bollinger_direct_signals_nb(
+    close: np.ndarray, n: int, k: float, out: np.ndarray
+) -> np.ndarray:
+    """``bollinger_reentry_signals_nb`` for short windows, each window's mean and variance from
+    its own values, as ``bollinger`` computes them."""
+    size = close.shape[0]
+    prev_lower = prev_upper = np.nan
+    for i in range(n - 1, size):
+        mean, variance = bollinger_window_nb(close, i, n)
+        width = k * math.sqrt(variance)
+        low_band = mean - width
+        high_band = mean + width
+        if i >= n:
+            buy = np.int8((close[i - 1] <= prev_lower) & (close[i] > low_band))
+            sell = np.int8((close[i - 1] >= prev_upper) & (close[i] < high_band))
+            out[i] = buy - sell * (1 - buy)
+        prev_lower = low_band
+        prev_upper = high_band
+    return out
+
+
+@njit(cache=True)
+def bollinger_reentry_signals_nb(close: np.ndarray, n: int, k: float) -> np.ndarray:
+    """``band_reentry_signals_nb(close, lower, upper)`` of ``bollinger(close, n, k)`` in one pass
+    (``BollingerReversion``).
+
+    Mean and population variance of each window from local prefix sums of ``close - shift``
+    and its square (``shift``: the bar before the block, so the sums barely cancel), restarted
+    every block; a window of equal values has variance 0. Bars before ``n`` are 0.
+
+    A window of only two price levels can put a band exactly on a close (e.g. 16 closes at one
+    level and 4 at another put the 2-sigma upper band on the higher one): the rule then compares
+    equal numbers and rounding decides, so there this kernel and ``bollinger``'s arrays may
+    differ (tested: only there). Short windows (``BOLLINGER_DIRECT_MAX``), where such ties
+    are the rule rather than the exception, use ``bollinger``'s own arithmetic.
+    """
+    size = close.shape[0]
+    out = np.zeros(size, dtype=np.int8)
+    if n < 1:
+        raise ValueError("Bollinger length must be >= 1")
+    if size <= n:
+        return out
+    if n <= BOLLINGER_DIRECT_MAX:  # as ``bollinger`` does: each window from its own values
+        return _bollinger_direct_signals_nb(close, n, k, out)
+    h = n
+    block = max(_BLOCK, 4 * h)
+    sums = np.empty(h + block + 1)
+    squares = np.empty(h + block + 1)
+    changes = np.empty(h + block + 1, dtype=np.int64)
+    lower = np.empty(block + 1)
+    upper = np.empty(block + 1)
+    inv = 1.0 / n
+    for a in range(h, size, block):
+        b = min(a + block, size)
+        m = b - a + 1  # bar a - 1 and the block
+        shift = close[a - 1]
+        _shifted_prefix_block_nb(close, a - h, b, shift, sums, squares, changes)
+        new = close[a - 1 : b]
+        s1 = sums[h:]
+        s0 = sums[:m]
+        q1 = squares[h:]
+        q0 = squares[:m]
+        c1 = changes[h:]
+        c0 = changes[1 : m + 1]
+        for j in range(m):
+            mean = s1[j] - s0[j]
+            mean *= inv
+            variance = (q1[j] - q0[j]) * inv - mean * mean
+            flat = c1[j] == c0[j]
+            mean = new[j] if flat else shift + mean
+            variance = 0.0 if flat else max(variance, 0.0)
+            width = k * math.sqrt(variance)
+            lower[j] = mean - width
+            upper[j] = mean + width
+        x0 = close[a - 1 : b - 1]
+        x1 = close[a:b]
+        block_out = out[a:b]
+        for j in range(m - 1):
+            buy = np.int8((x0[j] <= lower[j]) & (x1[j] > lower[j + 1]))
+            sell = np.int8((x0[j] >= upper[j]) & (x1[j] < upper[j + 1]))
+            block_out[j] = buy - sell * (1 - buy)
+    return out
+
+
+@njit(cache=True)
+def donchian_breakout_signals_nb(
+    high: np.ndarray, low: np.ndarray, close: np.ndarray, n: int
+) -> np.ndarray:
+    """``breakout_signals_nb(close, upper, lower)`` of ``donchian(high, low, n)`` in one pass
+    (``DonchianBreakout``): buy when the close is above the highest high of the ``n`` bars
+    before it, sell when below their lowest low (a buy wins if both). Max and min are exact, so
+    the channel equals ``donchian``'s. Bars before ``n`` are 0.
+
+    Channels of one or two bars are read directly; longer ones with van Herk/Gil-Werman blocks
+    of ``n`` bars (a window is the tail of one block and the head of the next), the block
+    maxima kept in small buffers.
+    """
+    size = close.shape[0]
+    out = np.zeros(size, dtype=np.int8)
+    if n < 1:
+        raise ValueError("Donchian length must be >= 1")
+    if size <= n:
+        return out
+    if n <= 2:
+        for i in range(n, size):
+            up = high[i - 1]
+            down = low[i - 1]
+            for j in range(i - n, i - 1):
+                up = high[j] if high[j] > up else up
+                down = low[j] if low[j] < down else down
+            buy = np.int8(close[i] > up)
+            sell = np.int8(close[i] < down)
+            out[i] = buy - sell * (1 - buy)
+        return out
+    head_hi = np.empty(n)  # max of high from the block's start to each bar
+    head_lo = np.empty(n)
+    tail_hi = np.empty(n + 1)  # max of high from each bar to the end of the previous block
+    tail_lo = np.empty(n + 1)
+    tail_hi[n] = -np.inf
+    tail_lo[n] = np.inf
+    # The channel of the bars ending at j decides bar j + 1; j runs over 0..size - 2.
+    for a in range(0, size - 1, n):
+        e = min(a + n, size - 1)
+        up = -np.inf
+        down = np.inf
+        for t in range(e - a):
+            up = high[a + t] if high[a + t] > up else up
+            down = low[a + t] if low[a + t] < down else down
+            head_hi[t] = up
+            head_lo[t] = down
+        if a == 0:
+            if e == n:  # the first full channel: bars 0..n-1, for bar n
+                buy = np.int8(close[n] > head_hi[n - 1])
+                sell = np.int8(close[n] < head_lo[n - 1])
+                out[n] = buy - sell * (1 - buy)
+        else:
+            up = -np.inf
+            down = np.inf
+            for t in range(n - 1, -1, -1):
+                up = high[a - n + t] if high[a - n + t] > up else up
+                down = low[a - n + t] if low[a - n + t] < down else down
+                tail_hi[t] = up
+                tail_lo[t] = down
+            nxt = close[a + 1 : e + 1]
+            block_out = out[a + 1 : e + 1]
+            for t in range(e - a):
+                hi = tail_hi[t + 1]
+                hi = head_hi[t] if head_hi[t] > hi else hi
+                lo = tail_lo[t + 1]
+                lo = head_lo[t] if head_lo[t] < lo else lo
+                buy = np.int8(nxt[t] > hi)
+                sell = np.int8(nxt[t] < lo)
+                block_out[t] = buy - sell * (1 - buy)
+    return out
