@@ -30,6 +30,8 @@ PURE_MODULE_PATTERNS = (
     "backtests/engine.py",
     "backtests/metrics.py",
     "backtests/kernels*.py",
+    "bots/paper.py",
+    "bots/risk.py",
 )
 
 # Top-level packages a pure module must never import: the web, task, exchange and storage stack.

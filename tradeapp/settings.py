@@ -15,6 +15,7 @@ README.md lists every variable.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 from pathlib import Path
@@ -274,6 +275,29 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Bots -------------------------------------------------------------------------------------
+
+# Fernet keys (comma-separated, newest first) that encrypt exchange API keys and secrets at rest;
+# kept apart from SECRET_KEY so either can rotate alone. The first key encrypts, every key
+# decrypts (MultiFernet). Production refuses to start without one; the embedded profile
+# generates one once into var/fernet_keys.
+TRADEAPP_FERNET_KEYS = env.list("TRADEAPP_FERNET_KEYS", default=[])
+if not TRADEAPP_FERNET_KEYS:
+    if PRODUCTION:
+        _required("TRADEAPP_FERNET_KEYS")
+    _fernet_file = VAR_DIR / "fernet_keys"
+    try:
+        fd = os.open(_fernet_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as fh:
+            # The format of cryptography.Fernet.generate_key(): 32 random bytes, urlsafe base64.
+            fh.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+    TRADEAPP_FERNET_KEYS = [k for k in _fernet_file.read_text().split(",") if k.strip()]
+# Live orders through ccxt are refused unless this is on (and the bot is switched to live).
+TRADEAPP_LIVE_TRADING = env.bool("TRADEAPP_LIVE_TRADING", default=False)
 
 # --- Strategies -------------------------------------------------------------------------------
 

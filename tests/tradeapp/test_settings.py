@@ -35,10 +35,11 @@ PROD = {
     "DJANGO_SECRET_KEY": "k" * 30 + "Q9x!-" + "z" * 30,
     "DJANGO_ALLOWED_HOSTS": "trade.example.com",
     "DJANGO_DEBUG": "0",
+    "TRADEAPP_FERNET_KEYS": "ktg20CeSV29Jsrsr3OpyVtq7UqMiOoxgz5D1DwNunl4=",
 }
 PROFILE_VARS = (
     "DATABASE_URL", "REDIS_URL", "DJANGO_SECRET_KEY", "DJANGO_ALLOWED_HOSTS", "DJANGO_DEBUG",
-    "TRADEAPP_DATABASE_NAME", "TRADEAPP_VAR_DIR",
+    "TRADEAPP_DATABASE_NAME", "TRADEAPP_VAR_DIR", "TRADEAPP_FERNET_KEYS",
 )  # fmt: skip
 
 
@@ -102,8 +103,12 @@ def test_settings_production_uses_postgresql_and_redis():
 
 
 @pytest.mark.parametrize(
-    "missing", ["DJANGO_SECRET_KEY", "DJANGO_ALLOWED_HOSTS", "DATABASE_URL", "REDIS_URL"]
-)
+    "missing",
+    [
+        "DJANGO_SECRET_KEY", "DJANGO_ALLOWED_HOSTS", "DATABASE_URL", "REDIS_URL",
+        "TRADEAPP_FERNET_KEYS",
+    ],
+)  # fmt: skip
 def test_settings_production_refuses_missing_value(missing):
     env = {k: v for k, v in PROD.items() if k != missing}
     assert missing in refusal(env)

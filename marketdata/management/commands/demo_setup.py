@@ -1,4 +1,5 @@
 import asyncio
+import os
 import time
 
 from django.core.management.base import BaseCommand
@@ -35,6 +36,24 @@ class Command(BaseCommand):
                 f"demo: {', '.join(DEMO_SYMBOLS)} on the simulated exchange, "
                 f"{total} 1m candles loaded"
             )
+        )
+        self._bots(instruments)
+
+    def _bots(self, instruments) -> None:
+        """Paper bots for the demo user (the admin of `make run`), so signals and trades show
+        within minutes."""
+        from django.contrib.auth import get_user_model
+
+        from bots.services import demo_bots_ensure
+
+        username = os.environ.get("TRADEAPP_ADMIN_USERNAME", "admin")
+        user = get_user_model().objects.filter(username=username).first()
+        if user is None:
+            self.stdout.write(f"demo: no user {username!r}, no demo bots (run ensure_admin)")
+            return
+        bots = demo_bots_ensure(user=user, instruments=instruments)
+        self.stdout.write(
+            self.style.SUCCESS(f"demo: {len(bots)} paper bots running for {username!r}")
         )
 
     async def _load(self, exchange, instruments, since: int) -> int:

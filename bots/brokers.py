@@ -1,0 +1,249 @@
+"""Brokers: where a bot's orders go. ``PaperBroker`` simulates them exactly as the backtester;
+a ``CcxtBroker`` (live, through ccxt) implements the same interface.
+
+The contract, for every broker:
+
+* ``submit(order)``: the ``Order`` row exists (status ``pending_submit``, its deterministic
+  ``client_order_id`` committed first for a live broker); the broker sends it and moves it to
+  ``open``/``filled``/``rejected``, or ``unknown`` when it cannot tell (never ``rejected`` on a
+  timeout).
+* ``cancel(order)``: cancel an active order; it ends ``cancelled`` (or ``filled`` if it filled
+  first).
+* ``reconcile(bot)``: settle ``unknown`` orders and adopt the exchange's view; sets
+  ``bot.reconciled_at``. A live bot does not trade before its first reconciliation.
+* ``on_candle(...)``: what happens inside a closed candle before its signal is decided. The
+  paper broker fills the pending order at the candle's open and applies the stops
+  (``bots.paper``); a live broker learns fills from the exchange instead and does nothing here.
+
+Orders, fills and trades are written here, inside the caller's transaction, and announced on
+``trade_updates:{bot_id}`` after commit.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.utils import timezone
+
+from bots import paper
+from bots.models import Bot, Fill, Order, Trade
+from marketdata.services import datetime_to_ms, ms_to_datetime, to_decimal
+from tradeapp.events import publish_on_commit
+
+
+class BrokerError(Exception):
+    """The broker cannot serve this bot or order."""
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def order_json(order: Order) -> dict[str, Any]:
+    return {
+        "id": order.pk, "client_order_id": order.client_order_id, "side": order.side,
+        "type": order.type, "reason": order.reason, "status": order.status,
+        "time_ms": datetime_to_ms(order.time), "quantity": _num(order.quantity),
+        "quote_amount": _num(order.quote_amount), "price": _num(order.price),
+        "error": order.error,
+    }  # fmt: skip
+
+
+def announce_order(order: Order) -> None:
+    publish_on_commit(
+        f"trade_updates:{order.bot_id}",
+        {"type": "order.updated", "bot_id": order.bot_id, "order": order_json(order)},
+    )
+
+
+@dataclass
+class CandleResult:
+    """What a candle did to the book: the fills and closed trades, in order."""
+
+    fills: list[Fill] = field(default_factory=list)
+    trades: list[Trade] = field(default_factory=list)
+
+    @property
+    def lost(self) -> bool:
+        return any(trade.pnl < 0 for trade in self.trades)
+
+
+class Broker(abc.ABC):
+    """One bot's order path (see the module docstring)."""
+
+    @abc.abstractmethod
+    def submit(self, order: Order) -> Order: ...
+
+    @abc.abstractmethod
+    def cancel(self, order: Order) -> Order: ...
+
+    @abc.abstractmethod
+    def reconcile(self, bot: Bot) -> None: ...
+
+    def on_candle(
+        self, bot: Bot, book: paper.PaperBook, *, time_ms: int, candle: tuple[float, ...]
+    ) -> CandleResult:
+        # Live brokers learn fills from the exchange (reconcile): nothing happens here.
+        return CandleResult()
+
+
+class PaperBroker(Broker):
+    """Simulated execution with ``bots.paper`` (the backtester's conventions, bit for bit).
+
+    A submitted order waits (``open``) for the next candle's open; stop exits fill inside the
+    candle that triggers them and are recorded as filled ``stop``/``take_profit`` orders. Keep
+    one instance per bot while processing its candles: it remembers the pending order.
+    """
+
+    def __init__(self, bot: Bot) -> None:
+        self.bot = bot
+        self.pending: Order | None = (
+            bot.orders.filter(status=Order.Status.OPEN).order_by("time", "id").first()
+        )
+
+    def submit(self, order: Order) -> Order:
+        order.status = Order.Status.OPEN
+        order.submitted_at = timezone.now()
+        order.save(update_fields=["status", "submitted_at", "updated_at"])
+        self.pending = order
+        announce_order(order)
+        return order
+
+    def cancel(self, order: Order) -> Order:
+        if order.status in Order.ACTIVE:
+            order.status = Order.Status.CANCELLED
+            order.save(update_fields=["status", "updated_at"])
+            announce_order(order)
+        if self.pending is not None and self.pending.pk == order.pk:
+            self.pending = None
+        return order
+
+    def reconcile(self, bot: Bot) -> None:
+        # Nothing to settle: the paper book is the database.
+        bot.reconciled_at = timezone.now()
+        bot.save(update_fields=["reconciled_at", "updated_at"])
+
+    def on_candle(
+        self, bot: Bot, book: paper.PaperBook, *, time_ms: int, candle: tuple[float, ...]
+    ) -> CandleResult:
+        open_, high, low, _close = candle
+        result = CandleResult()
+        opts = {"fee": bot.fee, "slippage": bot.slippage}
+        # 1. The pending order of an earlier candle fills at this open.
+        order, self.pending = self.pending, None
+        if order is not None:
+            if order.side == Order.Side.BUY:
+                filled = paper.buy(
+                    book, open_, size=bot.max_position_fraction, time_ms=time_ms, **opts
+                )
+                outcome = (filled, None) if filled else None
+            else:
+                outcome = paper.sell(book, open_, time_ms=time_ms, reason="signal", **opts)
+            self._settle(order, outcome, time_ms, result)
+        # 2. Stops inside the candle; 3. the trailing extreme takes in its high.
+        stop = paper.stop_exit(
+            book, open_, high, low, stop_loss=bot.stop_loss, take_profit=bot.take_profit,
+            trailing_stop=bot.trailing_stop,
+        )  # fmt: skip
+        if stop is not None:
+            reason, price = stop
+            order = Order.objects.create(
+                bot=bot,
+                client_order_id=Order.make_client_order_id(bot.pk, time_ms, "sell", reason),
+                side=Order.Side.SELL,
+                type=Order.Type.TAKE_PROFIT if reason == "take_profit" else Order.Type.STOP,
+                reason=reason,
+                time=ms_to_datetime(time_ms),
+                quantity=to_decimal(book.units),
+                submitted_at=timezone.now(),
+            )
+            outcome = paper.sell(book, price, time_ms=time_ms, reason=reason, **opts)
+            self._settle(order, outcome, time_ms, result)
+        else:
+            paper.take_in_high(book, high)
+        return result
+
+    def _settle(
+        self,
+        order: Order,
+        outcome: tuple[paper.PaperFill, paper.ClosedTrade | None] | None,
+        time_ms: int,
+        result: CandleResult,
+    ) -> None:
+        when = ms_to_datetime(time_ms)
+        if outcome is None:
+            # Nothing to do at the open (nothing to sell, no cash): the order lapses.
+            order.status = Order.Status.CANCELLED
+            order.error = "nothing to fill at the open"
+            order.save(update_fields=["status", "error", "updated_at"])
+            announce_order(order)
+            return
+        filled, closed = outcome
+        order.status = Order.Status.FILLED
+        order.quantity = order.filled_quantity = to_decimal(filled.units)
+        order.price = to_decimal(filled.price)
+        order.filled_at = timezone.now()
+        order.save()
+        fill = Fill.objects.create(
+            order=order, bot_id=order.bot_id, time=when, side=filled.side,
+            quantity=order.quantity, price=order.price, fee=to_decimal(filled.fee),
+        )  # fmt: skip
+        result.fills.append(fill)
+        announce_order(order)
+        publish_on_commit(
+            f"trade_updates:{order.bot_id}",
+            {"type": "fill.created", "bot_id": order.bot_id, "order_id": order.pk,
+             "fill": fill_json(fill)},
+        )  # fmt: skip
+        if closed is not None:
+            trade = record_trade(order, closed)
+            result.trades.append(trade)
+
+
+def fill_json(fill: Fill) -> dict[str, Any]:
+    return {
+        "id": fill.pk, "time_ms": datetime_to_ms(fill.time), "side": fill.side,
+        "quantity": float(fill.quantity), "price": float(fill.price), "fee": float(fill.fee),
+    }  # fmt: skip
+
+
+def trade_json(trade: Trade) -> dict[str, Any]:
+    return {
+        "id": trade.pk, "side": trade.side, "entry_time_ms": datetime_to_ms(trade.entry_time),
+        "exit_time_ms": datetime_to_ms(trade.exit_time), "quantity": float(trade.quantity),
+        "entry_price": float(trade.entry_price), "exit_price": float(trade.exit_price),
+        "fees": float(trade.fees), "pnl": float(trade.pnl), "return": trade.return_fraction,
+        "exit_reason": trade.exit_reason,
+    }  # fmt: skip
+
+
+def record_trade(exit_order: Order, closed: paper.ClosedTrade) -> Trade:
+    entry_time = ms_to_datetime(closed.entry_ms)
+    entry_order = (
+        Order.objects.filter(bot_id=exit_order.bot_id, side=Order.Side.BUY, fills__time=entry_time)
+        .order_by("-id")
+        .first()
+    )
+    trade = Trade.objects.create(
+        bot_id=exit_order.bot_id, entry_time=entry_time, exit_time=ms_to_datetime(closed.exit_ms),
+        quantity=to_decimal(closed.units), entry_price=to_decimal(closed.entry_price),
+        exit_price=to_decimal(closed.exit_price), fees=to_decimal(closed.fees),
+        pnl=to_decimal(closed.pnl), return_fraction=closed.ret, exit_reason=closed.reason,
+        entry_order=entry_order, exit_order=exit_order,
+    )  # fmt: skip
+    publish_on_commit(
+        f"trade_updates:{exit_order.bot_id}",
+        {"type": "trade.closed", "bot_id": exit_order.bot_id, "trade": trade_json(trade)},
+    )
+    return trade
+
+
+def broker_for(bot: Bot) -> Broker:
+    """The broker of ``bot``: paper, or (live mode) the ccxt broker once it is installed."""
+    if bot.mode == Bot.Mode.PAPER:
+        return PaperBroker(bot)
+    raise BrokerError(
+        f"bot {bot.pk} is in live mode, but no live broker is installed yet: switch it to paper"
+    )

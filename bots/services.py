@@ -1,0 +1,706 @@
+"""Writes of the bots app: create, start, stop, pause, kill switch, and candle processing.
+
+Every state change locks the bot row (``select_for_update``) and moves it with a conditional
+UPDATE, so that racing calls leave one consistent state and one ``BotEvent`` per actual change;
+events leave after commit (``publish_on_commit``).
+
+Processing a closed candle (``process_candle``) runs, for every running bot on that instrument
+and timeframe, each candle after the bot's ``last_processed_at`` up to it, in order:
+
+1. the broker's candle step (paper: the pending order fills at the open, then the stops);
+2. the strategy's ``process_data`` on the last ``lookback`` candles;
+3. the risk checks (``bots.risk``) and, when they pass, an order to the broker (paper: it fills
+   at the next candle's open);
+4. a ``Signal`` row with the checks and the reason when no order followed.
+
+Candles are read once per (instrument, timeframe) for all its bots; each bot's candles, signals
+and book are written in one transaction under its row lock, and ``last_processed_at`` moves with
+them: a redelivered or replayed candle finds it already processed (and the unique ``Signal``
+and ``client_order_id`` refuse a second decision or order if anything slipped through).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Max, Min, Sum
+from django.utils import timezone
+
+from bots import paper, risk
+from bots.brokers import Broker, BrokerError, broker_for
+from bots.models import Bot, BotEvent, Order, Position, RiskBudget
+from bots.models import Signal as SignalRow
+from marketdata.models import Candle, Instrument
+from marketdata.selectors import candles_frame
+from marketdata.services import datetime_to_ms, ms_to_datetime, to_decimal
+from strategies.base import BaseStrategy, Signal
+from strategies.registry import get_strategy
+from tradeapp.events import publish_on_commit
+
+logger = logging.getLogger(__name__)
+
+RISK_FIELDS = (
+    "max_position_fraction", "stop_loss", "take_profit", "trailing_stop", "cooldown_candles",
+    "max_daily_loss", "fee", "slippage",
+)  # fmt: skip
+
+
+class BotStateError(Exception):
+    """The bot cannot make that change (live trading off, kill switch engaged, ...)."""
+
+
+# --- parameters -----------------------------------------------------------------------------
+
+
+def parameters_clean(strategy: str, parameters: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The strategy's cleaned parameters. Raises ``UnknownStrategyError`` (listing the known
+    ones) or ``StrategyParameterError`` naming the parameter."""
+    return dict(get_strategy(strategy).clean_parameters(parameters or {}))
+
+
+def strategy_for(bot: Bot, cache: dict[int, BaseStrategy] | None = None) -> BaseStrategy:
+    """The bot's strategy instance; ``cache`` (``BotManager.active_bots``) keeps it per bot
+    until the strategy or its parameters change."""
+    if cache is not None:
+        found = cache.get(bot.pk)
+        if found is not None and found.name == bot.strategy and found.parameters == bot.parameters:
+            return found
+    instance = get_strategy(bot.strategy)(bot.parameters)
+    if cache is not None:
+        cache[bot.pk] = instance
+    return instance
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+def _status_event(
+    bot: Bot, previous: str, kind: str, actor: Any, message: str, *, notify: bool = True
+) -> None:
+    BotEvent.objects.create(
+        bot=bot, kind=kind, actor=actor if getattr(actor, "pk", None) else None,
+        message=message, data={"from": previous, "to": bot.status},
+    )  # fmt: skip
+    if not notify:
+        return
+    payload = {
+        "bot_id": bot.pk, "status": bot.status, "previous": previous, "message": message,
+        "actor": getattr(actor, "username", None),
+    }  # fmt: skip
+    publish_on_commit(f"bot_signals:{bot.pk}", {"type": "bot.status", **payload})
+    publish_on_commit("system_events", {"type": f"bot.{kind}", "owner_id": bot.owner_id, **payload})
+
+
+def _transition(bot: Bot, *, to: str, allowed_from: Iterable[str], **fields: Any) -> bool:
+    """Move the locked ``bot`` to status ``to`` if it is in ``allowed_from``: one conditional
+    UPDATE, True when this call made the change."""
+    changed = Bot.objects.filter(pk=bot.pk, status__in=list(allowed_from)).update(
+        status=to, updated_at=timezone.now(), **fields
+    )
+    if changed:
+        bot.status = to
+        for name, value in fields.items():
+            setattr(bot, name, value)
+    return bool(changed)
+
+
+# --- create and lifecycle -------------------------------------------------------------------
+
+
+@transaction.atomic
+def bot_create(
+    *,
+    user: Any,
+    name: str,
+    strategy: str,
+    parameters: Mapping[str, Any] | None,
+    instrument: Instrument,
+    timeframe: str = "1m",
+    mode: str = Bot.Mode.PAPER,
+    account: Any = None,
+    capital: float | str = 10_000,
+    **options: Any,
+) -> Bot:
+    """A new stopped bot with validated parameters and a fresh paper book of ``capital``.
+
+    ``options``: the risk and cost fields (``RISK_FIELDS``). Raises ``StrategyParameterError``
+    naming the parameter, ``ValidationError`` for other fields.
+    """
+    unknown = sorted(set(options) - set(RISK_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown bot option(s) {', '.join(unknown)}")
+    bot = Bot(
+        owner=user, name=name, strategy=strategy,
+        parameters=parameters_clean(strategy, parameters), instrument=instrument,
+        timeframe=timeframe, mode=mode, account=account, capital=to_decimal(float(capital)),
+        **options,
+    )  # fmt: skip
+    bot.full_clean(exclude=["parameters"])
+    book_reset(bot)
+    bot.save()
+    Position.objects.create(bot=bot)
+    BotEvent.objects.create(bot=bot, kind=BotEvent.Kind.CREATED, actor=user, message=name)
+    return bot
+
+
+def book_reset(bot: Bot) -> None:
+    """A fresh paper book: all of the capital in cash, flat (the caller saves)."""
+    book = paper.PaperBook(cash=float(bot.capital))
+    bot.paper_book = book.to_dict()
+    bot.risk_state = {}
+    bot.cash = bot.equity = bot.capital
+
+
+def _check_can_start(bot: Bot) -> None:
+    if bot.mode == Bot.Mode.LIVE:
+        if not settings.TRADEAPP_LIVE_TRADING:
+            raise BotStateError(
+                f"bot {bot.pk} is in live mode but live trading is disabled "
+                "(set TRADEAPP_LIVE_TRADING=1 to allow it)"
+            )
+        if bot.account_id is None:
+            raise BotStateError(f"bot {bot.pk} is in live mode without an exchange account")
+        broker_for(bot)  # raises BrokerError while no live broker is installed
+    budget = RiskBudget.objects.filter(owner_id=bot.owner_id).first()
+    if budget is not None and budget.kill_switch_at is not None:
+        since = budget.kill_switch_at.strftime("%Y-%m-%d %H:%M")
+        raise BotStateError(
+            f"the kill switch of {bot.owner} is engaged (since {since} UTC): release it before "
+            "starting bots"
+        )
+
+
+def bot_start(*, bot_id: int, actor: Any = None, notify: bool = True) -> bool:
+    """Start a bot: True if this call started it, False if it was already running.
+
+    A bot that never ran begins after the newest stored candle (history is not traded); one that
+    ran before catches up on the candles it missed, in order (a task is queued after commit).
+    Raises ``BotStateError`` for a live bot while live trading is off, or while the owner's kill
+    switch is engaged. ``notify=False`` (the demo set-up, before Redis runs) writes the audit
+    row but sends no event and queues no task (beat's catch-up picks the bot up).
+    """
+    try:
+        with transaction.atomic():
+            bot = Bot.objects.select_for_update().get(pk=bot_id)
+            if bot.status == Bot.Status.RUNNING:
+                return False
+            _check_can_start(bot)
+            last = bot.last_processed_at
+            if last is None:
+                last = Candle.objects.filter(
+                    instrument_id=bot.instrument_id, timeframe=bot.timeframe
+                ).aggregate(last=Max("close_time"))["last"]
+            previous = bot.status
+            if not _transition(
+                bot, to=Bot.Status.RUNNING, allowed_from=[previous], status_reason="",
+                last_processed_at=last,
+            ):  # fmt: skip
+                return False
+            broker_for(bot).reconcile(bot)
+            _status_event(bot, previous, BotEvent.Kind.STARTED, actor, "started", notify=notify)
+            if notify and last is not None:
+                transaction.on_commit(
+                    lambda: catch_up_enqueue(bot.instrument_id, bot.timeframe, after=last),
+                    robust=True,
+                )
+    except BrokerError as exc:
+        raise BotStateError(str(exc)) from exc
+    return True
+
+
+def _cancel_active_orders(bot: Bot, broker: Broker | None = None) -> int:
+    orders = list(bot.orders.filter(status__in=Order.ACTIVE))
+    if not orders:
+        return 0
+    try:
+        broker = broker or broker_for(bot)
+    except BrokerError:
+        broker = None
+    for order in orders:
+        if broker is None:
+            order.status = Order.Status.CANCELLED
+            order.save(update_fields=["status", "updated_at"])
+        else:
+            broker.cancel(order)
+    return len(orders)
+
+
+@transaction.atomic
+def bot_stop(*, bot_id: int, actor: Any = None, reason: str = "stopped") -> bool:
+    """Stop a bot and cancel its open orders: True if this call stopped it."""
+    bot = Bot.objects.select_for_update().get(pk=bot_id)
+    previous = bot.status
+    if previous == Bot.Status.STOPPED:
+        return False
+    if not _transition(bot, to=Bot.Status.STOPPED, allowed_from=[previous], status_reason=reason):
+        return False
+    _cancel_active_orders(bot)
+    _status_event(bot, previous, BotEvent.Kind.STOPPED, actor, reason)
+    return True
+
+
+def _bot_pause(bot: Bot, reason: str) -> bool:
+    """Pause a locked running bot (the daily loss limit): it keeps its book and open orders."""
+    if not _transition(
+        bot, to=Bot.Status.PAUSED, allowed_from=[Bot.Status.RUNNING], status_reason=reason
+    ):
+        return False
+    _status_event(bot, Bot.Status.RUNNING, BotEvent.Kind.PAUSED, None, reason)
+    return True
+
+
+@transaction.atomic
+def bot_error(*, bot_id: int, message: str) -> bool:
+    """Put a bot in the error state (its processing failed): True if this call did."""
+    bot = Bot.objects.select_for_update().get(pk=bot_id)
+    previous = bot.status
+    if previous in (Bot.Status.ERROR, Bot.Status.STOPPED):
+        return False
+    _transition(bot, to=Bot.Status.ERROR, allowed_from=[previous], status_reason=message)
+    _status_event(bot, previous, BotEvent.Kind.ERROR, None, message)
+    return True
+
+
+UPDATABLE = ("name", "parameters", *RISK_FIELDS, "status_reason")
+
+
+@transaction.atomic
+def bot_update_state(*, bot_id: int, state: Mapping[str, Any], actor: Any = None) -> Bot:
+    """Change a bot's settings (``UPDATABLE``) and/or its ``status`` (through start, stop or
+    pause, with their rules). Unknown keys raise ``ValueError``; parameters are validated."""
+    unknown = sorted(set(state) - {*UPDATABLE, "status"})
+    if unknown:
+        allowed = ", ".join(["status", *UPDATABLE])
+        raise ValueError(f"cannot update {', '.join(unknown)}; allowed: {allowed}")
+    bot = Bot.objects.select_for_update().get(pk=bot_id)
+    changes = {k: v for k, v in state.items() if k != "status"}
+    if "parameters" in changes:
+        changes["parameters"] = parameters_clean(bot.strategy, changes["parameters"])
+    if changes:
+        for name, value in changes.items():
+            setattr(bot, name, value)
+        bot.full_clean(exclude=["parameters"])
+        bot.save(update_fields=[*changes, "updated_at"])
+        BotEvent.objects.create(
+            bot=bot, kind=BotEvent.Kind.STATE_UPDATED,
+            actor=actor if getattr(actor, "pk", None) else None,
+            message=", ".join(sorted(changes)), data={"changes": sorted(changes)},
+        )  # fmt: skip
+    status = state.get("status")
+    if status == Bot.Status.RUNNING:
+        bot_start(bot_id=bot.pk, actor=actor)
+    elif status == Bot.Status.STOPPED:
+        bot_stop(bot_id=bot.pk, actor=actor)
+    elif status == Bot.Status.PAUSED:
+        _bot_pause(bot, state.get("status_reason") or "paused")
+    elif status is not None:
+        raise ValueError(f"status must be running, stopped or paused, not {status!r}")
+    bot.refresh_from_db()
+    return bot
+
+
+@transaction.atomic
+def kill_switch(*, user: Any, actor: Any = None) -> dict[str, int]:
+    """Stop all of ``user``'s bots and cancel their open orders; no bot of theirs starts again
+    until ``kill_switch_release``. Returns the counts."""
+    budget, _ = RiskBudget.objects.select_for_update().get_or_create(owner=user)
+    budget.kill_switch_at = timezone.now()
+    budget.save(update_fields=["kill_switch_at", "updated_at"])
+    stopped = cancelled = 0
+    for bot in Bot.objects.select_for_update().filter(owner=user).order_by("pk"):
+        previous = bot.status
+        if previous != Bot.Status.STOPPED and _transition(
+            bot, to=Bot.Status.STOPPED, allowed_from=[previous], status_reason="kill switch"
+        ):
+            stopped += 1
+            _status_event(bot, previous, BotEvent.Kind.KILL_SWITCH, actor, "kill switch")
+        cancelled += _cancel_active_orders(bot)
+    publish_on_commit(
+        "system_events",
+        {"type": "kill_switch", "owner_id": user.pk, "bots_stopped": stopped,
+         "orders_cancelled": cancelled, "actor": getattr(actor, "username", None)},
+    )  # fmt: skip
+    return {"bots_stopped": stopped, "orders_cancelled": cancelled}
+
+
+@transaction.atomic
+def kill_switch_release(*, user: Any, actor: Any = None) -> bool:
+    changed = RiskBudget.objects.filter(owner=user, kill_switch_at__isnull=False).update(
+        kill_switch_at=None, updated_at=timezone.now()
+    )
+    if changed:
+        publish_on_commit(
+            "system_events",
+            {"type": "kill_switch.released", "owner_id": user.pk,
+             "actor": getattr(actor, "username", None)},
+        )  # fmt: skip
+    return bool(changed)
+
+
+# --- processing -----------------------------------------------------------------------------
+
+
+def catch_up_enqueue(instrument_id: int, timeframe: str, *, after: datetime | None = None) -> bool:
+    """Queue processing up to the newest stored candle of (instrument, timeframe), if there is
+    one (after ``after``). True when a task was queued."""
+    from bots.tasks import process_candle_task
+
+    last = Candle.objects.filter(instrument_id=instrument_id, timeframe=timeframe).aggregate(
+        last=Max("close_time")
+    )["last"]
+    if last is None or (after is not None and last <= after):
+        return False
+    process_candle_task.delay(instrument_id, timeframe, datetime_to_ms(last))
+    return True
+
+
+def catch_up_all() -> int:
+    """Queue processing for every (instrument, timeframe) with a running bot that has not seen
+    the newest stored candle; returns how many streams were queued."""
+    behind = (
+        Bot.objects.running()
+        .values_list("instrument_id", "timeframe")
+        .annotate(oldest=Min("last_processed_at"))
+    )
+    return sum(
+        catch_up_enqueue(instrument_id, timeframe, after=oldest)
+        for instrument_id, timeframe, oldest in sorted(set(behind))
+    )
+
+
+@dataclass
+class _Candles:
+    """One shared window of candles for every bot of a stream, as arrays."""
+
+    frame: pd.DataFrame
+    times_ms: np.ndarray
+    ohlc: np.ndarray  # shape (n, 4): open, high, low, close
+
+    @classmethod
+    def load(
+        cls, instrument_id: int, timeframe: str, start: datetime | None, end: datetime
+    ) -> _Candles:
+        frame = candles_frame(
+            instrument_id=instrument_id, timeframe=timeframe, start=start, end=end
+        )
+        return cls(
+            frame=frame,
+            times_ms=frame.index.as_unit("ms").asi8,
+            ohlc=frame[["open", "high", "low", "close"]].to_numpy(),
+        )
+
+
+def process_candle(
+    *,
+    instrument_id: int,
+    timeframe: str,
+    close_ms: int,
+    strategies: dict[int, BaseStrategy] | None = None,
+) -> dict[str, int]:
+    """Process every running bot of (instrument, timeframe) up to the candle closing at
+    ``close_ms`` (the module docstring). Returns counts: bots, candles, signals, orders."""
+    end = ms_to_datetime(close_ms)
+    bots = list(
+        Bot.objects.running().filter(instrument_id=instrument_id, timeframe=timeframe)
+        .order_by("pk")
+    )  # fmt: skip
+    totals = {"bots": 0, "candles": 0, "signals": 0, "orders": 0}
+    if not bots:
+        return totals
+    ready: list[tuple[Bot, BaseStrategy]] = []
+    for bot in bots:
+        try:
+            ready.append((bot, strategy_for(bot, strategies)))
+        except Exception as exc:  # noqa: BLE001 - one broken bot must not stop the others
+            bot_error(bot_id=bot.pk, message=f"strategy: {exc}")
+    if not ready:
+        return totals
+    lookback = max(type(s).lookback(s.parameters) for _, s in ready)
+    earliest = min(bot.last_processed_at or end for bot, _ in ready)
+    start = (
+        Candle.objects.filter(
+            instrument_id=instrument_id, timeframe=timeframe, close_time__lte=earliest
+        )
+        .order_by("-close_time")
+        .values_list("close_time", flat=True)[lookback : lookback + 1]
+    )
+    start = start[0] if start else None
+    candles = _Candles.load(instrument_id, timeframe, start, end)
+    for bot, strategy in ready:
+        try:
+            counts = _process_bot(bot.pk, strategy, candles, end)
+        except Exception as exc:  # the bot goes to error, the others go on
+            logger.exception("bot %s failed on %s %s at %s", bot.pk, instrument_id, timeframe, end)
+            bot_error(bot_id=bot.pk, message=f"processing failed: {exc}")
+            continue
+        totals["bots"] += 1
+        for key, value in counts.items():
+            totals[key] += value
+    return totals
+
+
+@dataclass
+class _Context:
+    """A locked bot's state while its candles are processed."""
+
+    bot: Bot
+    broker: Broker
+    book: paper.PaperBook
+    risk_state: dict[str, Any]
+    limits: risk.RiskLimits
+    budget: float | None
+    exposure_other: float
+
+
+def _context(bot: Bot) -> _Context:
+    budget = (
+        RiskBudget.objects.filter(owner_id=bot.owner_id).values_list("max_exposure", flat=True)
+        .first()
+    )  # fmt: skip
+    exposure_other = 0.0
+    if budget is not None:
+        exposure_other = float(
+            Position.objects.filter(bot__owner_id=bot.owner_id)
+            .exclude(bot=bot)
+            .aggregate(total=Sum(F("quantity") * F("mark_price")))["total"]
+            or 0
+        )
+    return _Context(
+        bot=bot,
+        broker=broker_for(bot),
+        book=paper.PaperBook.from_dict(bot.paper_book or {"cash": float(bot.capital)}),
+        risk_state=dict(bot.risk_state or {}),
+        limits=risk.RiskLimits(
+            max_position_fraction=bot.max_position_fraction,
+            cooldown_candles=bot.cooldown_candles,
+            max_daily_loss=bot.max_daily_loss,
+        ),
+        budget=None if budget is None else float(budget),
+        exposure_other=exposure_other,
+    )
+
+
+def _roll_day(ctx: _Context, time_ms: int, open_: float) -> None:
+    day = ms_to_datetime(time_ms - 1).date().isoformat()  # a candle closing at 00:00 ends a day
+    if ctx.risk_state.get("day") != day:
+        start = ctx.risk_state.get("last_equity")
+        ctx.risk_state["day"] = day
+        ctx.risk_state["day_start_equity"] = (
+            float(start) if start is not None else ctx.book.equity(open_)
+        )
+
+
+def _process_bot(
+    bot_id: int, strategy: BaseStrategy, candles: _Candles, end: datetime
+) -> dict[str, int]:
+    counts = {"candles": 0, "signals": 0, "orders": 0}
+    with transaction.atomic():
+        bot = Bot.objects.select_for_update().select_related("owner").get(pk=bot_id)
+        if bot.status != Bot.Status.RUNNING:
+            return counts
+        end_ms = datetime_to_ms(end)
+        if bot.last_processed_at is None:
+            todo = np.flatnonzero(candles.times_ms == end_ms)
+        else:
+            todo = np.flatnonzero(candles.times_ms > datetime_to_ms(bot.last_processed_at))
+        if not len(todo):
+            return counts
+        ctx = _context(bot)
+        done_times = set(
+            bot.signals.filter(time__gte=ms_to_datetime(int(candles.times_ms[todo[0]])))
+            .values_list("time", flat=True)
+        )  # fmt: skip
+        lookback = type(strategy).lookback(strategy.parameters)
+        rows: list[SignalRow] = []
+        orders: list[tuple[Order, SignalRow]] = []
+        last_ms = None
+        for j in todo.tolist():
+            time_ms = int(candles.times_ms[j])
+            open_, high, low, close = (float(v) for v in candles.ohlc[j])
+            last_ms = time_ms
+            counts["candles"] += 1
+            _roll_day(ctx, time_ms, open_)
+            result = ctx.broker.on_candle(
+                bot, ctx.book, time_ms=time_ms, candle=(open_, high, low, close)
+            )
+            if result.lost and bot.cooldown_candles:
+                ctx.risk_state["cooldown_left"] = bot.cooldown_candles
+            if ms_to_datetime(time_ms) in done_times:
+                # Decided before (process_signal or an earlier run): never twice.
+                _after_candle(ctx, close)
+                continue
+            window = candles.frame.iloc[max(0, j - lookback + 1) : j + 1]
+            signal = strategy.process_data(window)
+            row, order = _decide(ctx, signal, close)
+            rows.append(row)
+            if order is not None:
+                orders.append((order, row))
+            equity = ctx.book.equity(close)
+            _after_candle(ctx, close)
+            if risk.daily_loss_breached(ctx.limits, ctx.risk_state["day_start_equity"], equity):
+                lost = risk.daily_loss_fraction(ctx.risk_state["day_start_equity"], equity)
+                _bot_pause(bot, f"daily loss limit: lost {lost:.2%} today")
+                break
+        SignalRow.objects.bulk_create(rows)
+        for order, row in orders:
+            order.signal = row
+        if orders:
+            Order.objects.bulk_update([order for order, _ in orders], ["signal"])
+        for row in rows:
+            publish_on_commit(f"bot_signals:{bot.pk}", signal_event(row))
+        _save_book(ctx, last_ms, close)
+        counts["signals"] = len(rows)
+        counts["orders"] = len(orders)
+    return counts
+
+
+def _after_candle(ctx: _Context, close: float) -> None:
+    if ctx.risk_state.get("cooldown_left", 0) > 0:
+        ctx.risk_state["cooldown_left"] -= 1
+    ctx.risk_state["last_equity"] = ctx.book.equity(close)
+
+
+def _decide(ctx: _Context, signal: Signal, close: float) -> tuple[SignalRow, Order | None]:
+    """Risk checks for one signal and, when they pass, the order sent to the broker."""
+    book = ctx.book
+    assessment = risk.assess(
+        signal.action.value,
+        risk.EntryContext(
+            long=book.long,
+            cash=book.cash,
+            equity=book.equity(close),
+            day_start_equity=float(ctx.risk_state.get("day_start_equity", book.equity(close))),
+            cooldown_left=int(ctx.risk_state.get("cooldown_left", 0)),
+            exposure_other=ctx.exposure_other,
+            exposure_budget=ctx.budget,
+        ),
+        ctx.limits,
+    )
+    data = signal.to_dict()
+    row = SignalRow(
+        bot=ctx.bot, time=signal.time, action=signal.action.value,
+        price=to_decimal(signal.price), strength=signal.strength, reason=signal.reason,
+        indicators=data["indicators"], risk_checks=assessment.checks_json(),
+        executed=assessment.side is not None, no_order_reason=assessment.reason,
+    )  # fmt: skip
+    if assessment.side is None:
+        return row, None
+    time_ms = signal.time_ms
+    order = Order.objects.create(
+        bot=ctx.bot,
+        client_order_id=Order.make_client_order_id(ctx.bot.pk, time_ms, assessment.side),
+        side=assessment.side,
+        type=Order.Type.MARKET,
+        time=signal.time,
+        quantity=to_decimal(book.units) if assessment.side == "sell" else None,
+        quote_amount=(
+            to_decimal(book.cash * ctx.limits.max_position_fraction)
+            if assessment.side == "buy"
+            else None
+        ),
+    )
+    ctx.broker.submit(order)
+    return row, order
+
+
+def signal_event(row: SignalRow) -> dict[str, Any]:
+    return {
+        "type": "signal.created", "bot_id": row.bot_id, "signal_id": row.pk,
+        "time_ms": datetime_to_ms(row.time), "action": row.action, "price": float(row.price),
+        "strength": row.strength, "reason": row.reason, "indicators": row.indicators,
+        "executed": row.executed, "no_order_reason": row.no_order_reason,
+        "risk_checks": row.risk_checks,
+    }  # fmt: skip
+
+
+def _save_book(ctx: _Context, last_ms: int | None, close: float) -> None:
+    bot, book = ctx.bot, ctx.book
+    bot.paper_book = book.to_dict()
+    bot.risk_state = ctx.risk_state
+    bot.cash = to_decimal(book.cash)
+    bot.equity = to_decimal(book.equity(close))
+    if last_ms is not None:
+        bot.last_processed_at = ms_to_datetime(last_ms)
+    bot.save(
+        update_fields=[
+            "paper_book", "risk_state", "cash", "equity", "last_processed_at", "updated_at",
+        ]
+    )  # fmt: skip
+    unrealized = book.units * (close - book.entry_price) - book.entry_fee if book.long else 0.0
+    Position.objects.update_or_create(
+        bot=bot,
+        defaults={
+            "quantity": to_decimal(book.units),
+            "entry_price": to_decimal(book.entry_price) if book.long else None,
+            "entry_time": ms_to_datetime(book.entry_ms) if book.long else None,
+            "mark_price": to_decimal(close),
+            "unrealized_pnl": to_decimal(unrealized),
+        },
+    )
+    publish_on_commit(
+        f"trade_updates:{bot.pk}",
+        {"type": "portfolio.updated", "bot_id": bot.pk, "time_ms": last_ms,
+         "cash": book.cash, "equity": book.equity(close), "position": book.units,
+         "entry_price": book.entry_price if book.long else None, "mark_price": close},
+    )  # fmt: skip
+
+
+def bot_process_signal(*, bot_id: int, signal: Signal) -> SignalRow:
+    """Decide on one signal now (the seed's ``process_signal``): risk checks, an order when
+    they pass, the decision stored. A signal for a candle the bot already decided on returns
+    the stored decision and trades nothing."""
+    with transaction.atomic():
+        bot = Bot.objects.select_for_update().select_related("owner").get(pk=bot_id)
+        existing = bot.signals.filter(time=signal.time).first()
+        if existing is not None:
+            return existing
+        if bot.status != Bot.Status.RUNNING:
+            raise BotStateError(f"bot {bot.pk} is {bot.status}, not running")
+        ctx = _context(bot)
+        close = float(signal.price)
+        row, order = _decide(ctx, signal, close)
+        row.save()
+        if order is not None:
+            order.signal = row
+            order.save(update_fields=["signal", "updated_at"])
+        publish_on_commit(f"bot_signals:{bot.pk}", signal_event(row))
+        bot.paper_book = ctx.book.to_dict()
+        bot.save(update_fields=["paper_book", "updated_at"])
+    return row
+
+
+# --- demo -----------------------------------------------------------------------------------
+
+DEMO_BOTS = (
+    ("Demo SMA 5/20", "sma_crossover", {"fast": 5, "slow": 20}, {}),
+    ("Demo RSI 7", "rsi_reversion", {"period": 7, "oversold": 35.0, "overbought": 65.0},
+     {"stop_loss": 0.01, "cooldown_candles": 3}),
+    ("Demo Bollinger 20", "bollinger_reversion", {"n": 20, "k": 1.5}, {"take_profit": 0.01}),
+)  # fmt: skip
+
+
+def demo_bots_ensure(*, user: Any, instruments: Iterable[Instrument]) -> list[Bot]:
+    """The demo's paper bots on 1m, one per (demo strategy, instrument), running. Idempotent:
+    existing ones are kept (and started if stopped)."""
+    bots = []
+    for instrument in instruments:
+        for name, strategy, parameters, options in DEMO_BOTS:
+            label = f"{name} {instrument.symbol}"
+            bot = Bot.objects.filter(owner=user, name=label).first()
+            if bot is None:
+                bot = bot_create(
+                    user=user, name=label, strategy=strategy, parameters=parameters,
+                    instrument=instrument, timeframe="1m", capital=10_000, **options,
+                )  # fmt: skip
+            if bot.status != Bot.Status.RUNNING:
+                bot_start(bot_id=bot.pk, actor=user, notify=False)
+            bots.append(bot)
+    return bots
