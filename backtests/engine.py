@@ -388,7 +388,7 @@ def _act_nb(  # noqa: PLR0917
 
 
 # The kernel takes plain positional scalars: numba's nopython mode has no keyword-only arguments.
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # a sweep runs it in threads
 def simulate_nb(  # noqa: PLR0915, PLR0917
     open_: np.ndarray,
     high: np.ndarray,
@@ -952,23 +952,30 @@ def backtest_metrics(
     """
     opts = EngineOptions.from_kwargs(options)
     _, signals = strategy_signals(strategy, frame, parameters)
-    simulation = simulate(
-        frame["open"].to_numpy(dtype=np.float64),
-        frame["high"].to_numpy(dtype=np.float64),
-        frame["low"].to_numpy(dtype=np.float64),
-        frame["close"].to_numpy(dtype=np.float64),
-        signals,
-        options=opts,
-    )
+    prices = tuple(frame[c].to_numpy(dtype=np.float64) for c in ("open", "high", "low", "close"))
+    periods = bars_per_year(frame.index) if periods_per_year is None else periods_per_year
+    return signals_metrics(prices, signals, opts, periods)
+
+
+def signals_metrics(
+    prices: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    signals: np.ndarray,
+    options: EngineOptions,
+    periods_per_year: float,
+) -> dict[str, float]:
+    """The metrics of simulating ``signals`` over ``prices`` (open, high, low, close arrays):
+    ``backtest_metrics`` once the signals are known. A sweep extracts the prices once and
+    calls this per combination."""
+    simulation = simulate(*prices, signals, options=options)
     state = simulation.state
-    still_open = state[_S_SIDE] != 0.0 and len(frame) > 0
+    still_open = state[_S_SIDE] != 0.0 and len(signals) > 0
     fees = float(simulation.trades.fees.sum()) + (float(state[_S_ENTRY_FEE]) if still_open else 0.0)
     return compute_metrics(
         simulation.equity,
-        opts.cash,
+        options.cash,
         simulation.trades.pnl,
         simulation.position,
-        bars_per_year(frame.index) if periods_per_year is None else periods_per_year,
+        periods_per_year,
         open_trades=int(still_open),
         total_fees=fees,
     )

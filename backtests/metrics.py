@@ -155,75 +155,140 @@ def _ratio(mean: float, deviation: float) -> float:
 
 
 @njit(cache=True)
-def _accumulate_nb(  # noqa: PLR0917 - a numba kernel takes positional scalars
-    v: float, shift: float, lane: int, sums: np.ndarray, squares: np.ndarray, downside: np.ndarray
-) -> None:
-    d = v - shift
-    sums[lane] += d
-    squares[lane] += d * d
-    if v < 0.0:
-        downside[lane] += v * v
+def _finish_nb(count: int, shift: float, acc: np.ndarray) -> tuple[int, float, float, float]:
+    """``(count, mean, squared deviations, downside)`` from ``_moments_into_nb``'s sums."""
+    if count == 0:
+        return 0, 0.0, 0.0, 0.0
+    s1 = (acc[0] + acc[1]) + (acc[2] + acc[3])
+    s2 = (acc[4] + acc[5]) + (acc[6] + acc[7])
+    deviations = max(s2 - s1 * s1 / count, 0.0)
+    return count, shift + s1 / count, deviations, (acc[8] + acc[9]) + (acc[10] + acc[11])
+
+
+# One pass with sums shifted by the first valid value (the shifted-data variance: no
+# cancellation as long as the shift is a typical value, and exactly 0 for constant data) and
+# four partial sums, value ``i`` going to sum ``i % 4``, added in a fixed order. The loop is
+# unrolled by four and branch-free (a value left out adds an exact 0.0), so the four lanes run
+# side by side. ``_moments_nb`` and ``equity_moments_nb`` both go through
+# ``_moments_into_nb``, so their results are equal bit for bit.
+@njit(cache=True)
+def _lane_nb(v: float, shift: float) -> tuple[float, float, float, int]:
+    """One value's contributions ``(d, d * d, downside, counted)``: exact zeros for a NaN."""
+    ok = math.isfinite(v)
+    w = v if ok else 0.0
+    d = w - shift if ok else 0.0
+    # min(w, 0) without a branch (a return's sign is unpredictable): w - |w| is exactly 2w or 0.
+    below = 0.5 * (w - abs(w))
+    return d, d * d, below * below, np.int64(ok)
 
 
 @njit(cache=True)
-def _finish_nb(
-    count: int, shift: float, sums: np.ndarray, squares: np.ndarray, downside: np.ndarray
-) -> tuple[int, float, float, float]:
-    if count == 0:
-        return 0, 0.0, 0.0, 0.0
-    s1 = (sums[0] + sums[1]) + (sums[2] + sums[3])
-    s2 = (squares[0] + squares[1]) + (squares[2] + squares[3])
-    deviations = max(s2 - s1 * s1 / count, 0.0)
-    return (
-        count,
-        shift + s1 / count,
-        deviations,
-        (downside[0] + downside[1]) + (downside[2] + downside[3]),
-    )
+def _moments_into_nb(values: np.ndarray, first: int, shift: float, acc: np.ndarray) -> int:
+    """Fold ``values`` (positions ``first``, ``first + 1``, ..., ``first`` a multiple of 4) into
+    the sums ``acc`` (float64[12]: four lanes each of d, d * d and downside); returns how many
+    values were finite."""
+    n = values.shape[0]
+    s0, s1, s2, s3 = acc[0], acc[1], acc[2], acc[3]
+    q0, q1, q2, q3 = acc[4], acc[5], acc[6], acc[7]
+    n0, n1, n2, n3 = acc[8], acc[9], acc[10], acc[11]
+    count = 0
+    whole = n - n % 4
+    for i in range(0, whole, 4):
+        d, dd, dn, c0 = _lane_nb(values[i], shift)
+        s0 += d
+        q0 += dd
+        n0 += dn
+        d, dd, dn, c1 = _lane_nb(values[i + 1], shift)
+        s1 += d
+        q1 += dd
+        n1 += dn
+        d, dd, dn, c2 = _lane_nb(values[i + 2], shift)
+        s2 += d
+        q2 += dd
+        n2 += dn
+        d, dd, dn, c3 = _lane_nb(values[i + 3], shift)
+        s3 += d
+        q3 += dd
+        n3 += dn
+        count += c0 + c1 + c2 + c3
+    for i in range(whole, n):  # the last 0-3 values: lanes 0, 1, 2
+        d, dd, dn, c = _lane_nb(values[i], shift)
+        if (first + i) % 4 == 0:
+            s0 += d
+            q0 += dd
+            n0 += dn
+        elif (first + i) % 4 == 1:
+            s1 += d
+            q1 += dd
+            n1 += dn
+        else:
+            s2 += d
+            q2 += dd
+            n2 += dn
+        count += c
+    acc[0], acc[1], acc[2], acc[3] = s0, s1, s2, s3
+    acc[4], acc[5], acc[6], acc[7] = q0, q1, q2, q3
+    acc[8], acc[9], acc[10], acc[11] = n0, n1, n2, n3
+    return count
 
 
-# One pass with sums shifted by the first value (the shifted-data variance: no cancellation as
-# long as the shift is a typical value, and exactly 0 for constant data) and four partial sums
-# added in a fixed order, so the additions pipeline. Both kernels below do exactly this, so
-# their results are equal bit for bit.
 @njit(cache=True)
 def _moments_nb(values: np.ndarray) -> tuple[int, float, float, float]:
     """``(count, mean, sum of squared deviations from the mean, sum of squared negative
     values)`` of the finite ``values``."""
-    sums = np.zeros(4)
-    squares = np.zeros(4)
-    downside = np.zeros(4)
-    count = 0
     shift = 0.0
     for v in values:
         if math.isfinite(v):
-            if count == 0:
-                shift = v
-            _accumulate_nb(v, shift, count & 3, sums, squares, downside)
-            count += 1
-    return _finish_nb(count, shift, sums, squares, downside)
+            shift = v
+            break
+    acc = np.zeros(12)
+    count = _moments_into_nb(values, 0, shift, acc)
+    return _finish_nb(count, shift, acc)
+
+
+@njit(cache=True, error_model="numpy")  # x / 0 gives inf (left out), not an exception
+def _returns_into_nb(equity: np.ndarray, start: int, stop: int, initial: float, out: np.ndarray):
+    """``bar_returns(equity, initial)[start:stop]`` into ``out``: NaN where the previous equity
+    is not positive. Branch-free, so it vectorises."""
+    k = 0
+    if start == 0 and stop > 0:
+        out[0] = equity[0] / initial - 1.0 if initial > 0 else np.nan
+        k = 1
+    now = equity[start + k : stop]
+    before = equity[start + k - 1 : stop - 1]
+    rest = out[k : stop - start]
+    for i in range(now.shape[0]):
+        p = before[i]
+        r = now[i] / p - 1.0
+        rest[i] = r if p > 0 else np.nan
+
+
+_RETURNS_BLOCK = 4096
 
 
 @njit(cache=True)
 def equity_moments_nb(equity: np.ndarray, initial: float) -> tuple[int, float, float, float]:
-    """``_moments_nb(bar_returns(equity, initial))``, equal bit for bit, in one pass without a
-    returns array (what a sweep computes per combination)."""
-    sums = np.zeros(4)
-    squares = np.zeros(4)
-    downside = np.zeros(4)
-    count = 0
+    """``_moments_nb(bar_returns(equity, initial))``, equal bit for bit, without a returns array
+    (what a sweep computes per combination): the returns go through a small buffer, 4,096 bars
+    at a time, that stays in the CPU cache."""
+    n = equity.shape[0]
+    buffer = np.empty(min(n, _RETURNS_BLOCK))
     shift = 0.0
-    previous = initial
-    for e in equity:
-        if previous > 0:
-            v = e / previous - 1.0
-            if math.isfinite(v):
-                if count == 0:
+    found = False
+    acc = np.zeros(12)
+    count = 0
+    for start in range(0, n, _RETURNS_BLOCK):
+        stop = min(start + _RETURNS_BLOCK, n)
+        block = buffer[: stop - start]
+        _returns_into_nb(equity, start, stop, initial, block)
+        if not found:
+            for v in block:
+                if math.isfinite(v):
                     shift = v
-                _accumulate_nb(v, shift, count & 3, sums, squares, downside)
-                count += 1
-        previous = e
-    return _finish_nb(count, shift, sums, squares, downside)
+                    found = True
+                    break
+        count += _moments_into_nb(block, start, shift, acc)
+    return _finish_nb(count, shift, acc)
 
 
 def _sharpe(count: int, mean: float, squares: float, bars_per_year: float) -> float:
@@ -314,34 +379,14 @@ def drawdown_nb(equity: np.ndarray, initial: float) -> tuple[float, int, int, in
     return depth, peak_bar, trough, _recovery_nb(equity, initial, peak_bar, trough)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # a sweep runs it in threads
 def equity_stats_nb(
     equity: np.ndarray, initial: float
 ) -> tuple[int, float, float, float, float, int, int, int]:
-    """``equity_moments_nb`` and ``drawdown_nb`` in one pass over the equity, with results equal
-    to theirs bit for bit: ``(count, mean, squares, downside, depth, peak, trough, recovery)``."""
-    sums = np.zeros(4)
-    squares = np.zeros(4)
-    downside = np.zeros(4)
-    count = 0
-    shift = 0.0
-    previous = initial
-    peak = (initial, -1)
-    deepest = (0.0, -1, -1, initial * (1.0 + 1e-9))
-    for i in range(equity.shape[0]):
-        e = equity[i]
-        if previous > 0:
-            v = e / previous - 1.0
-            if math.isfinite(v):
-                if count == 0:
-                    shift = v
-                _accumulate_nb(v, shift, count & 3, sums, squares, downside)
-                count += 1
-        previous = e
-        peak, deepest = _drawdown_step_nb(i, e, peak, deepest)
-    count, mean, deviations, below = _finish_nb(count, shift, sums, squares, downside)
-    depth, peak_bar, trough, _ = deepest
-    recovery = _recovery_nb(equity, initial, peak_bar, trough)
+    """``equity_moments_nb`` and ``drawdown_nb`` of one equity curve, with results equal to
+    theirs bit for bit: ``(count, mean, squares, downside, depth, peak, trough, recovery)``."""
+    count, mean, deviations, below = equity_moments_nb(equity, initial)
+    depth, peak_bar, trough, recovery = drawdown_nb(equity, initial)
     return count, mean, deviations, below, depth, peak_bar, trough, recovery
 
 

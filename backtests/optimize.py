@@ -35,10 +35,15 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed, effective_n_jobs
 
-from backtests.engine import EngineOptions, backtest_metrics
+from backtests.engine import EngineOptions, signals_metrics
 from backtests.metrics import METRIC_NAMES, bars_per_year
 from backtests.parallel import frame_arrays, frame_from_arrays, resolve_strategy, shared_arrays
-from strategies.base import BaseStrategy, StrategyParameterError, validate_ohlcv
+from strategies.base import (
+    BaseStrategy,
+    StrategyParameterError,
+    unchecked_signals,
+    validate_ohlcv,
+)
 
 __all__ = [
     "MINIMISED",
@@ -196,15 +201,22 @@ def sweep_chunk(
     """
     cls = resolve_strategy(strategy)
     options = EngineOptions.from_kwargs(engine_kwargs)
+    # Validated once: per combination only the signals and the simulation run.
     frame = validate_ohlcv(frame_from_arrays(data_arrays))
     periods = bars_per_year(frame.index)
+    prices = tuple(
+        np.ascontiguousarray(data_arrays[c], dtype=np.float64)
+        for c in ("open", "high", "low", "close")
+    )
+    signals_of = unchecked_signals(cls)
     rows = []
     for combo in combos:
         params = cls.clean_parameters(combo)
         clash = set(params) & set(METRIC_NAMES)
         if clash:
             raise ValueError(f"parameter names {sorted(clash)} clash with metric names")
-        metrics = backtest_metrics(frame, cls, params, options, periods_per_year=periods)
+        signals = np.asarray(signals_of(cls, frame, params), dtype=np.int8)
+        metrics = signals_metrics(prices, signals, options, periods)
         rows.append({**params, **metrics})
     return rows
 
@@ -250,8 +262,12 @@ def sweep(
 
     skipped: list[dict[str, Any]] = []
     valid = _validated(cls, (dict(c) for c in combos), skipped)
-    # In process the arrays are used as they are; workers share one memory-mapped copy.
-    sharing = shared_arrays if workers > 1 else contextlib.nullcontext
+    # A strategy whose kernels release the GIL runs in threads: one copy of the data, no worker
+    # start-up. Otherwise worker processes share one memory-mapped copy of the arrays.
+    if backend is None and workers > 1 and getattr(cls, "releases_gil", False):
+        backend = "threading"
+    in_process = workers == 1 or backend == "threading"
+    sharing = contextlib.nullcontext if in_process else shared_arrays
     with sharing(frame_arrays(frame)) as arrays:
         tasks = (
             delayed(sweep_chunk)(arrays, cls, chunk, options.as_dict())

@@ -119,6 +119,7 @@ __all__ = [
     "ema_settle_bars",
     "fmt",
     "ohlcv_arrays",
+    "unchecked_signals",
     "validate_ohlcv",
 ]
 
@@ -676,6 +677,16 @@ def _unchecked(cls: type[BaseStrategy], attr: str) -> Callable:
     return unchecked
 
 
+def unchecked_signals(cls: type[BaseStrategy]) -> Callable:
+    """``cls.generate_signals`` without the frame validation, called as ``f(cls, frame,
+    cleaned_parameters)``: for callers that validated the frame once and evaluate many
+    parameter sets on it (a parameter sweep). The output checks and warm-up zeroing still run.
+    """
+    if not hasattr(getattr(cls, "generate_signals", None), "unchecked"):
+        return lambda klass, frame, params: klass.generate_signals(frame, params)
+    return _unchecked(cls, "generate_signals")
+
+
 _CHECKED: dict[str, Callable[[object], classmethod]] = {
     "generate_signals": _checked_signals,
     "compute_indicators": _checked_indicators,
@@ -711,6 +722,11 @@ class BaseStrategy(abc.ABC):
     #: How to draw each indicator: ``{"pane": "price" | "own", "color": "#rrggbb",
     #: "group": "..."}``; indicators not listed go to their own pane.
     plots: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    #: True when ``generate_signals`` spends its time in numba kernels compiled with
+    #: ``nogil=True`` (as the built-ins do): a parameter sweep then evaluates combinations in
+    #: threads of one process, sharing the data without copies or worker start-up. False (the
+    #: default, right for strategies written in pandas or plain Python): worker processes.
+    releases_gil: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -108,6 +108,7 @@ class SMACrossover(BaseStrategy):
     """
 
     name = "sma_crossover"
+    releases_gil = True  # its kernel is nogil: sweeps use threads
     title = "SMA crossover"
     columns = ("close",)
     parameter_specs = (
@@ -164,6 +165,7 @@ class EMACrossover(BaseStrategy):
     """
 
     name = "ema_crossover"
+    releases_gil = True  # its kernel is nogil: sweeps use threads
     title = "EMA crossover"
     columns = ("close",)
     parameter_specs = (
@@ -228,6 +230,7 @@ class RSIReversion(BaseStrategy):
     """
 
     name = "rsi_reversion"
+    releases_gil = True  # its kernel is nogil: sweeps use threads
     title = "RSI reversion"
     columns = ("close",)
     parameter_specs = (
@@ -309,6 +312,7 @@ class MACDCrossover(BaseStrategy):
     """
 
     name = "macd_crossover"
+    releases_gil = True  # its kernel is nogil: sweeps use threads
     title = "MACD crossover"
     columns = ("close",)
     parameter_specs = (
@@ -381,6 +385,7 @@ class BollingerReversion(BaseStrategy):
     """
 
     name = "bollinger_reversion"
+    releases_gil = True  # its kernel is nogil: sweeps use threads
     title = "Bollinger reversion"
     columns = ("close",)
     parameter_specs = (
@@ -453,6 +458,7 @@ class DonchianBreakout(BaseStrategy):
     """
 
     name = "donchian_breakout"
+    releases_gil = True  # its kernel is nogil: sweeps use threads
     title = "Donchian breakout"
     columns = ("high", "low", "close")
     parameter_specs = (

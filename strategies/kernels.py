@@ -116,7 +116,7 @@ def breakout_signals_nb(x: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> 
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def first_non_finite_nb(x: np.ndarray) -> int:
     """Index of the first NaN or infinite value of float64 ``x``, or -1 when all are finite.
 
@@ -151,7 +151,7 @@ def first_not_increasing_nb(t: np.ndarray) -> int:
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def count_invalid_signals_nb(signals: np.ndarray) -> int:
     """Number of values outside ``{-1, 0, 1}`` in an integer signal array."""
     bad = 0
@@ -178,6 +178,7 @@ def count_invalid_signals_nb(signals: np.ndarray) -> int:
 # (variance), as in pandas and ``sma``, so a flat market never crosses out of rounding noise.
 # The tests hold every fused kernel equal to its composition, flat markets and ties included.
 #
+# The entry points release the GIL (``nogil``), so a sweep can run them in threads.
 # Inputs are finite float64 arrays (``validate_ohlcv`` guarantees it for ``generate_signals``);
 # the first bar that can signal and everything before it follow the strategies' ``warmup``.
 
@@ -399,7 +400,7 @@ def _sma_pair_block_nb(  # noqa: PLR0917 (numba: arguments are positional)
         diff[k] = f - g
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def sma_cross_signals_nb(x: np.ndarray, fast: int, slow: int) -> np.ndarray:
     """``cross_signals_nb(sma(x, fast), sma(x, slow))`` in one pass (``SMACrossover``).
 
@@ -456,7 +457,7 @@ def _ema_seeded_nb(x: np.ndarray, n: int, stop: int, scratch: np.ndarray) -> flo
     return value
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def ema_cross_signals_nb(x: np.ndarray, fast: int, slow: int) -> np.ndarray:
     """``cross_signals_nb(ema(x, fast), ema(x, slow))`` in one pass (``EMACrossover``).
 
@@ -491,7 +492,7 @@ def ema_cross_signals_nb(x: np.ndarray, fast: int, slow: int) -> np.ndarray:
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def macd_cross_signals_nb(x: np.ndarray, fast: int, slow: int, signal: int) -> np.ndarray:
     """``cross_signals_nb(line, signal_line)`` of ``macd(x, fast, slow, signal)``
     (``MACDCrossover``), with ``macd``'s values to the last bit.
@@ -547,7 +548,7 @@ def macd_cross_signals_nb(x: np.ndarray, fast: int, slow: int, signal: int) -> n
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rsi_reentry_signals_nb(close: np.ndarray, n: int, lower: float, upper: float) -> np.ndarray:
     """``level_reentry_signals_nb(rsi(close, n), lower, upper)`` in one pass (``RSIReversion``).
 
@@ -653,7 +654,7 @@ def _bollinger_direct_signals_nb(
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def bollinger_reentry_signals_nb(close: np.ndarray, n: int, k: float) -> np.ndarray:
     """``band_reentry_signals_nb(close, lower, upper)`` of ``bollinger(close, n, k)`` in one pass
     (``BollingerReversion``).
@@ -716,7 +717,7 @@ def bollinger_reentry_signals_nb(close: np.ndarray, n: int, k: float) -> np.ndar
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def donchian_breakout_signals_nb(
     high: np.ndarray, low: np.ndarray, close: np.ndarray, n: int
 ) -> np.ndarray:

@@ -15,10 +15,12 @@ from hypothesis import strategies as st
 from backtests.engine import run_backtest
 from backtests.metrics import (
     METRIC_NAMES,
+    _moments_nb,
     bar_returns,
     bars_per_year,
     cagr,
     compute_metrics,
+    equity_moments_nb,
     expectancy,
     exposure,
     json_safe,
@@ -195,3 +197,42 @@ def test_max_drawdown_equals_a_plain_reference(values: list[float], initial: int
     assert max_drawdown(equity, float(initial)) == expected
     metrics = compute_metrics(equity, float(initial), np.array([]), np.zeros(len(values)), 1.0)
     assert (metrics["max_drawdown"], metrics["max_drawdown_duration"]) == expected
+
+
+# -- the sweep's one-pass kernels equal the documented formulas --------------------------------
+
+
+def reference_moments(returns: np.ndarray) -> tuple[int, float, float, float]:
+    """count, mean, sum of squared deviations, sum of squared negative returns (plain numpy)."""
+    valid = returns[np.isfinite(returns)]
+    if valid.size == 0:
+        return 0, 0.0, 0.0, 0.0
+    mean = valid.mean()
+    return (
+        valid.size,
+        mean,
+        float(((valid - mean) ** 2).sum()),
+        float((valid[valid < 0] ** 2).sum()),
+    )
+
+
+equity_values = st.one_of(
+    st.floats(1.0, 2e4, allow_nan=False),
+    st.sampled_from([0.0, -50.0, 1e4, 1e4]),  # ruin, a short gone negative, flat stretches
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(equity_values, min_size=0, max_size=9_000), st.sampled_from([1e4, 0.0]))
+def test_equity_moments_nb_is_moments_of_bar_returns_bit_for_bit(values, initial) -> None:
+    equity = np.array(values, dtype=np.float64)
+    returns = bar_returns(equity, initial)
+    # The blocked, no-array kernel equals the array kernel exactly (a sweep relies on it) ...
+    assert equity_moments_nb(equity, initial) == _moments_nb(returns)
+    # ... and both equal the formula up to rounding.
+    count, mean, squares, downside = _moments_nb(returns)
+    expected = reference_moments(returns)
+    assert count == expected[0]
+    assert mean == pytest.approx(expected[1], rel=1e-9, abs=1e-12)
+    assert squares == pytest.approx(expected[2], rel=1e-7, abs=1e-12)
+    assert downside == pytest.approx(expected[3], rel=1e-9, abs=1e-12)

@@ -7,6 +7,7 @@ import gc
 import math
 import tracemalloc
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -77,8 +78,23 @@ def test_rank_puts_nan_last_and_keeps_ties_in_order() -> None:
 
 def test_sweep_in_worker_processes_equals_in_process(data) -> None:
     one = grid_search(data, "sma_crossover", GRID, n_jobs=1, chunk_size=3)
-    two = grid_search(data, "sma_crossover", GRID, n_jobs=2, chunk_size=2)
+    two = grid_search(data, "sma_crossover", GRID, n_jobs=2, chunk_size=2, backend="loky")
     pd.testing.assert_frame_equal(one.results, two.results, check_exact=True)
+
+
+def test_sweep_of_a_nogil_strategy_runs_in_threads_and_equals_in_process(data, monkeypatch) -> None:
+    backends = []
+    real = joblib.Parallel.__init__
+
+    def spy(self, *args, **kwargs):
+        backends.append(kwargs.get("backend"))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(joblib.Parallel, "__init__", spy)
+    one = grid_search(data, "sma_crossover", GRID, n_jobs=1, chunk_size=3)
+    threads = grid_search(data, "sma_crossover", GRID, n_jobs=2, chunk_size=2)
+    assert backends[-1] == "threading"  # SMACrossover.releases_gil
+    pd.testing.assert_frame_equal(one.results, threads.results, check_exact=True)
 
 
 def test_grid_search_uses_the_schema_for_parameters_left_out(data) -> None:
