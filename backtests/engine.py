@@ -387,9 +387,26 @@ def _act_nb(  # noqa: PLR0917
     return k, cash, side, units, entry_price, entry_fee, entry_bar, extreme, committed
 
 
+@njit(cache=True)
+def _hold_nb(  # noqa: PLR0917
+    equity: np.ndarray,
+    position: np.ndarray,
+    close: np.ndarray,
+    cash: float,
+    exposure: float,
+    side: float,
+) -> None:
+    """Equity and position of bars where nothing happens: ``cash + side * units * close``
+    (``exposure = side * units``, the same arithmetic as a bar simulated one by one)."""
+    held = np.int8(side)
+    for j in range(close.shape[0]):
+        equity[j] = cash + exposure * close[j]
+        position[j] = held
+
+
 # The kernel takes plain positional scalars: numba's nopython mode has no keyword-only arguments.
 @njit(cache=True, nogil=True)  # a sweep runs it in threads
-def simulate_nb(  # noqa: PLR0915, PLR0917
+def simulate_nb(  # noqa: PLR0912, PLR0915, PLR0917
     open_: np.ndarray,
     high: np.ndarray,
     low: np.ndarray,
@@ -445,7 +462,18 @@ def simulate_nb(  # noqa: PLR0915, PLR0917
     committed = state[_S_COMMITTED]
     pending = np.int64(state[_S_PENDING])
     k = 0
-    for i in range(n):
+    # Without stops, a bar with no signal and no fill pending only moves the equity: such runs
+    # are skipped to the next signal and their equity written in one vectorised loop.
+    last = n - 1 if close_at_end else n  # the last bar closes the position: never skipped
+    i = 0
+    while i < n:
+        if not has_stops and pending == 0 and i < last and signals[i] == 0:
+            j = i + 1
+            while j < last and signals[j] == 0:
+                j += 1
+            _hold_nb(equity[i:j], position[i:j], close[i:j], cash, side * units, side)
+            i = j
+            continue
         bar = offset + i
         # 1. next_open: the signal of the previous bar fills at this open.
         if pending != 0:
@@ -494,6 +522,7 @@ def simulate_nb(  # noqa: PLR0915, PLR0917
         # 5. Equity and position after the bar.
         equity[i] = cash + side * units * close[i]
         position[i] = np.int8(side)
+        i += 1
 
     state_out = np.empty(STATE_SIZE, dtype=np.float64)
     state_out[_S_CASH] = cash
