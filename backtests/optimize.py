@@ -41,7 +41,8 @@ from backtests.parallel import frame_arrays, frame_from_arrays, resolve_strategy
 from strategies.base import (
     BaseStrategy,
     StrategyParameterError,
-    unchecked_signals,
+    ohlcv_arrays,
+    signals_evaluator,
     validate_ohlcv,
 )
 
@@ -204,18 +205,16 @@ def sweep_chunk(
     # Validated once: per combination only the signals and the simulation run.
     frame = validate_ohlcv(frame_from_arrays(data_arrays))
     periods = bars_per_year(frame.index)
-    prices = tuple(
-        np.ascontiguousarray(data_arrays[c], dtype=np.float64)
-        for c in ("open", "high", "low", "close")
-    )
-    signals_of = unchecked_signals(cls)
+    arrays = ohlcv_arrays(frame)
+    prices = (arrays.open, arrays.high, arrays.low, arrays.close)
+    signals_of = signals_evaluator(cls)
     rows = []
     for combo in combos:
         params = cls.clean_parameters(combo)
         clash = set(params) & set(METRIC_NAMES)
         if clash:
             raise ValueError(f"parameter names {sorted(clash)} clash with metric names")
-        signals = np.asarray(signals_of(cls, frame, params), dtype=np.int8)
+        signals = np.asarray(signals_of(frame, arrays, params), dtype=np.int8)
         metrics = signals_metrics(prices, signals, options, periods)
         rows.append({**params, **metrics})
     return rows

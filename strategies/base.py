@@ -76,6 +76,11 @@ What the base class does around your methods (so you do not have to):
 - Cross-parameter rules go in ``validate_parameters`` (raise ``StrategyParameterError`` naming the
   parameter). ``explain(decision)`` and ``strength(decision)`` may be overridden to word the
   decision log (see ``Decision``).
+- For speed in parameter sweeps (optional): a classmethod ``signals_from_arrays(arrays,
+  parameters)`` computing the same signals from ``OHLCVArrays`` (the columns as float64
+  arrays) lets a sweep skip the DataFrame per combination; have ``generate_signals`` call it so
+  the two cannot differ (the built-ins do). ``releases_gil = True`` says its time is spent in
+  ``nogil`` numba kernels, so sweeps run it in threads instead of processes.
 
 Never use later bars: no ``shift(-k)``, no statistics over the whole series, no centred windows.
 ``manage.py check_lookahead close_above_sma`` checks it on random data: run it before you trust
@@ -101,7 +106,6 @@ import numpy as np
 import pandas as pd
 
 from strategies.kernels import (
-    count_invalid_signals_nb,
     first_non_finite_nb,
     first_not_increasing_nb,
 )
@@ -119,7 +123,7 @@ __all__ = [
     "ema_settle_bars",
     "fmt",
     "ohlcv_arrays",
-    "unchecked_signals",
+    "signals_evaluator",
     "validate_ohlcv",
 ]
 
@@ -603,7 +607,7 @@ def _finish_signals(cls: type, result: object, n: int, warmup: int) -> np.ndarra
             raise ValueError(
                 f"{where} returned {signals[bad]} at bar {bad}; signals are -1, 0 or 1"
             )
-    elif count_invalid_signals_nb(signals):
+    elif signals.size and (signals.min() < -1 or signals.max() > 1):  # numpy's SIMD reductions
         bad = int(np.flatnonzero((signals < -1) | (signals > 1))[0])
         raise ValueError(f"{where} returned {signals[bad]} at bar {bad}; signals are -1, 0 or 1")
     # Zeroing the warm-up below writes into the array: only into one the strategy made for
@@ -677,14 +681,23 @@ def _unchecked(cls: type[BaseStrategy], attr: str) -> Callable:
     return unchecked
 
 
-def unchecked_signals(cls: type[BaseStrategy]) -> Callable:
-    """``cls.generate_signals`` without the frame validation, called as ``f(cls, frame,
-    cleaned_parameters)``: for callers that validated the frame once and evaluate many
-    parameter sets on it (a parameter sweep). The output checks and warm-up zeroing still run.
-    """
-    if not hasattr(getattr(cls, "generate_signals", None), "unchecked"):
-        return lambda klass, frame, params: klass.generate_signals(frame, params)
-    return _unchecked(cls, "generate_signals")
+def signals_evaluator(cls: type[BaseStrategy]) -> Callable:
+    """``f(frame, arrays, cleaned_parameters) -> int8 signals`` for callers that validated one
+    frame and evaluate many parameter sets on it (a parameter sweep); ``arrays`` are the frame's
+    ``ohlcv_arrays``. Uses the strategy's ``signals_from_arrays`` when it has one (no DataFrame
+    column access per call), else ``generate_signals`` without validating the frame again; the
+    output is checked and its warm-up zeroed as ``generate_signals``' is."""
+    from_arrays = getattr(cls, "signals_from_arrays", None)
+    if from_arrays is not None:
+
+        def evaluate(frame: pd.DataFrame, arrays: OHLCVArrays, params: dict) -> np.ndarray:
+            return _finish_signals(cls, from_arrays(arrays, params), len(frame), cls.warmup(params))
+
+        return evaluate
+    if hasattr(getattr(cls, "generate_signals", None), "unchecked"):
+        unchecked = _unchecked(cls, "generate_signals")
+        return lambda frame, arrays, params: unchecked(cls, frame, params)
+    return lambda frame, arrays, params: cls.generate_signals(frame, params)
 
 
 _CHECKED: dict[str, Callable[[object], classmethod]] = {

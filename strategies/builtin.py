@@ -22,6 +22,7 @@ from strategies.base import (
     Action,
     BaseStrategy,
     Decision,
+    OHLCVArrays,
     Parameter,
     StrategyParameterError,
     ema_settle_bars,
@@ -54,6 +55,19 @@ def _column(ohlcv: pd.DataFrame, name: str) -> np.ndarray:
 
 def _close(ohlcv: pd.DataFrame) -> np.ndarray:
     return _column(ohlcv, "close")
+
+
+class _Columns:
+    """A frame's columns as float64 arrays, read on first use (``signals_from_arrays`` takes
+    ``OHLCVArrays`` or this)."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self._frame = frame
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        values = _column(self._frame, name)
+        setattr(self, name, values)
+        return values
 
 
 def _require_less(parameters: dict[str, Any], small: str, large: str) -> None:
@@ -140,7 +154,12 @@ class SMACrossover(BaseStrategy):
 
     @classmethod
     def generate_signals(cls, ohlcv: pd.DataFrame, parameters: dict[str, Any]) -> np.ndarray:
-        return sma_cross_signals_nb(_close(ohlcv), parameters["fast"], parameters["slow"])
+        return cls.signals_from_arrays(_Columns(ohlcv), parameters)
+
+    @classmethod
+    def signals_from_arrays(cls, arrays: OHLCVArrays, parameters: dict[str, Any]) -> np.ndarray:
+        """``generate_signals`` on the columns as float64 arrays (a sweep's path)."""
+        return sma_cross_signals_nb(arrays.close, parameters["fast"], parameters["slow"])
 
     @classmethod
     def explain(cls, decision: Decision) -> str:
@@ -201,7 +220,12 @@ class EMACrossover(BaseStrategy):
 
     @classmethod
     def generate_signals(cls, ohlcv: pd.DataFrame, parameters: dict[str, Any]) -> np.ndarray:
-        return ema_cross_signals_nb(_close(ohlcv), parameters["fast"], parameters["slow"])
+        return cls.signals_from_arrays(_Columns(ohlcv), parameters)
+
+    @classmethod
+    def signals_from_arrays(cls, arrays: OHLCVArrays, parameters: dict[str, Any]) -> np.ndarray:
+        """``generate_signals`` on the columns as float64 arrays (a sweep's path)."""
+        return ema_cross_signals_nb(arrays.close, parameters["fast"], parameters["slow"])
 
     @classmethod
     def explain(cls, decision: Decision) -> str:
@@ -267,8 +291,13 @@ class RSIReversion(BaseStrategy):
 
     @classmethod
     def generate_signals(cls, ohlcv: pd.DataFrame, parameters: dict[str, Any]) -> np.ndarray:
+        return cls.signals_from_arrays(_Columns(ohlcv), parameters)
+
+    @classmethod
+    def signals_from_arrays(cls, arrays: OHLCVArrays, parameters: dict[str, Any]) -> np.ndarray:
+        """``generate_signals`` on the columns as float64 arrays (a sweep's path)."""
         return rsi_reentry_signals_nb(
-            _close(ohlcv), parameters["period"], parameters["oversold"], parameters["overbought"]
+            arrays.close, parameters["period"], parameters["oversold"], parameters["overbought"]
         )
 
     @classmethod
@@ -353,8 +382,13 @@ class MACDCrossover(BaseStrategy):
 
     @classmethod
     def generate_signals(cls, ohlcv: pd.DataFrame, parameters: dict[str, Any]) -> np.ndarray:
+        return cls.signals_from_arrays(_Columns(ohlcv), parameters)
+
+    @classmethod
+    def signals_from_arrays(cls, arrays: OHLCVArrays, parameters: dict[str, Any]) -> np.ndarray:
+        """``generate_signals`` on the columns as float64 arrays (a sweep's path)."""
         return macd_cross_signals_nb(
-            _close(ohlcv), parameters["fast"], parameters["slow"], parameters["signal"]
+            arrays.close, parameters["fast"], parameters["slow"], parameters["signal"]
         )
 
     @classmethod
@@ -411,7 +445,12 @@ class BollingerReversion(BaseStrategy):
 
     @classmethod
     def generate_signals(cls, ohlcv: pd.DataFrame, parameters: dict[str, Any]) -> np.ndarray:
-        return bollinger_reentry_signals_nb(_close(ohlcv), parameters["n"], parameters["k"])
+        return cls.signals_from_arrays(_Columns(ohlcv), parameters)
+
+    @classmethod
+    def signals_from_arrays(cls, arrays: OHLCVArrays, parameters: dict[str, Any]) -> np.ndarray:
+        """``generate_signals`` on the columns as float64 arrays (a sweep's path)."""
+        return bollinger_reentry_signals_nb(arrays.close, parameters["n"], parameters["k"])
 
     @classmethod
     def explain(cls, decision: Decision) -> str:
@@ -482,9 +521,12 @@ class DonchianBreakout(BaseStrategy):
 
     @classmethod
     def generate_signals(cls, ohlcv: pd.DataFrame, parameters: dict[str, Any]) -> np.ndarray:
-        return donchian_breakout_signals_nb(
-            _column(ohlcv, "high"), _column(ohlcv, "low"), _close(ohlcv), parameters["n"]
-        )
+        return cls.signals_from_arrays(_Columns(ohlcv), parameters)
+
+    @classmethod
+    def signals_from_arrays(cls, arrays: OHLCVArrays, parameters: dict[str, Any]) -> np.ndarray:
+        """``generate_signals`` on the columns as float64 arrays (a sweep's path)."""
+        return donchian_breakout_signals_nb(arrays.high, arrays.low, arrays.close, parameters["n"])
 
     @classmethod
     def explain(cls, decision: Decision) -> str:

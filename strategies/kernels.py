@@ -28,7 +28,6 @@ from strategies.indicators import (
 __all__ = [
     "band_reentry_signals_nb",
     "breakout_signals_nb",
-    "count_invalid_signals_nb",
     "cross_signals_nb",
     "first_non_finite_nb",
     "first_not_increasing_nb",
@@ -149,15 +148,6 @@ def first_not_increasing_nb(t: np.ndarray) -> int:
         if t[i] <= t[i - 1]:
             return i
     return -1
-
-
-@njit(cache=True, nogil=True)
-def count_invalid_signals_nb(signals: np.ndarray) -> int:
-    """Number of values outside ``{-1, 0, 1}`` in an integer signal array."""
-    bad = 0
-    for i in range(signals.shape[0]):
-        bad += (signals[i] < -1) | (signals[i] > 1)
-    return bad
 
 
 # ---------------------------------------------------------------------------------------------
