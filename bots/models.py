@@ -380,6 +380,8 @@ class BotEvent(models.Model):
         KILL_SWITCH = "kill_switch", "Kill switch"
         ORDER_CANCELLED = "order_cancelled", "Order cancelled"
         STATE_UPDATED = "state_updated", "State updated"
+        RECONCILED = "reconciled", "Reconciled with the exchange"
+        RECONCILE_FAILED = "reconcile_failed", "Reconciliation failed"
 
     bot = models.ForeignKey(Bot, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=16, choices=Kind.choices)

@@ -13,37 +13,43 @@ and timeframe, each candle after the bot's ``last_processed_at`` up to it, in or
    at the next candle's open);
 4. a ``Signal`` row with the checks and the reason when no order followed.
 
-Candles are read once per (instrument, timeframe) for all its bots; each bot's candles, signals
-and book are written in one transaction under its row lock, and ``last_processed_at`` moves with
-them: a redelivered or replayed candle finds it already processed (and the unique ``Signal``
-and ``client_order_id`` refuse a second decision or order if anything slipped through).
+Candles are read once per (instrument, timeframe) for all its bots. Paper bots run as one
+batch: bots with the same strategy and parameters share one vectorised decision per candle, and
+all the batch's signals, orders, fills, trades, books and positions are written in bulk in one
+transaction under the bots' row locks, the events published together after commit (a thousand
+bots take well under a second per candle). Live bots run one by one (``_process_bot``).
+``last_processed_at`` moves with the rows: a redelivered or replayed candle finds it already
+processed (and the unique ``Signal`` and ``client_order_id`` refuse a second decision or order
+if anything slipped through: the batch then rolls back and each bot retries on its own).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F, Max, Min, Sum
+from django.db import DatabaseError, connection, transaction
+from django.db.models import F, FloatField, Max, Min, Sum
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from bots import paper, risk
-from bots.brokers import Broker, BrokerError, broker_for
+from bots.brokers import Broker, BrokerError, PaperBroker, PaperWrites, broker_for, rows_update
 from bots.models import Bot, BotEvent, Order, Position, RiskBudget
 from bots.models import Signal as SignalRow
 from marketdata.models import Candle, Instrument
-from marketdata.selectors import candles_frame
 from marketdata.services import datetime_to_ms, ms_to_datetime, to_decimal
-from strategies.base import BaseStrategy, Signal
+from strategies.base import OHLCV_COLUMNS, Action, BaseStrategy, Decision, Signal, ohlcv_arrays
 from strategies.registry import get_strategy
-from tradeapp.events import publish_on_commit
+from tradeapp.events import publish_many_on_commit, publish_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +57,9 @@ RISK_FIELDS = (
     "max_position_fraction", "stop_loss", "take_profit", "trailing_stop", "cooldown_candles",
     "max_daily_loss", "fee", "slippage",
 )  # fmt: skip
+
+
+_UNSET: Any = object()
 
 
 class BotStateError(Exception):
@@ -168,7 +177,7 @@ def _check_can_start(bot: Bot) -> None:
             )
         if bot.account_id is None:
             raise BotStateError(f"bot {bot.pk} is in live mode without an exchange account")
-        broker_for(bot)  # raises BrokerError while no live broker is installed
+        broker_for(bot)  # BrokerError when the live broker refuses it (bots.live)
     budget = RiskBudget.objects.filter(owner_id=bot.owner_id).first()
     if budget is not None and budget.kill_switch_at is not None:
         since = budget.kill_switch_at.strftime("%Y-%m-%d %H:%M")
@@ -388,14 +397,130 @@ class _Candles:
     def load(
         cls, instrument_id: int, timeframe: str, start: datetime | None, end: datetime
     ) -> _Candles:
-        frame = candles_frame(
-            instrument_id=instrument_id, timeframe=timeframe, start=start, end=end
+        """``candles_frame``'s values, read as floats by the database: Django's Decimal
+        converters cost more than the rest of a stream's candle (hundreds of rows per call)."""
+        qs = Candle.objects.filter(
+            instrument_id=instrument_id, timeframe=timeframe, close_time__lte=end
+        )
+        if start is not None:
+            qs = qs.filter(close_time__gte=start)
+        names = ("open", "high", "low", "close", "volume")
+        rows = list(
+            qs.order_by("close_time")
+            .annotate(**{f"{n}_f": Cast(n, FloatField()) for n in names})
+            .values_list("close_time", *(f"{n}_f" for n in names))
+        )
+        values = np.array([row[1:] for row in rows], dtype=np.float64).reshape(-1, 5)
+        if connection.vendor == "sqlite":
+            # The Decimal converter reads SQLite's REAL through 15 significant digits: the
+            # same rounding, so these are exactly candles_frame's values.
+            values = np.array([float(f"{v:.15g}") for v in values.ravel()]).reshape(-1, 5)
+        frame = pd.DataFrame(
+            values,
+            index=pd.DatetimeIndex([row[0] for row in rows], tz="UTC", name="close_time"),
+            columns=list(names),
         )
         return cls(
             frame=frame,
             times_ms=frame.index.as_unit("ms").asi8,
-            ohlc=frame[["open", "high", "low", "close"]].to_numpy(),
+            ohlc=np.ascontiguousarray(values[:, :4]),
         )
+
+    def todo(self, last_processed_at: datetime | None, end_ms: int) -> np.ndarray:
+        """Indexes of the candles a bot has yet to process, in order."""
+        if last_processed_at is None:
+            return np.flatnonzero(self.times_ms == end_ms)
+        return np.flatnonzero(self.times_ms > datetime_to_ms(last_processed_at))
+
+    def window(self, j: int, lookback: int) -> pd.DataFrame:
+        """What ``process_data`` is given to decide on candle ``j``."""
+        return self.frame.iloc[max(0, j - lookback + 1) : j + 1]
+
+
+@dataclass
+class _Decided:
+    """A strategy's decision on one candle, shared by every bot of the same configuration."""
+
+    signal: Signal
+    indicators: dict[str, float | None]
+
+
+class _Configuration:
+    """The bots of a stream that run one strategy with the same parameters: their signals are
+    computed once, with the vectorised ``generate_signals`` over the shared window, and each
+    candle's decision is built exactly as ``process_data`` builds it for its window's last bar.
+
+    The window starts ``lookback - 1`` candles before the first candle to decide, so a single
+    new candle is decided on exactly ``process_data``'s window; a catch-up over many candles
+    decides them all in one call over the missed range (the same values for finite-window rules;
+    for recursive smoothing equal to float precision, which is what ``lookback`` guarantees)."""
+
+    def __init__(self, strategy: BaseStrategy, candles: _Candles) -> None:
+        self.strategy = strategy
+        self.cls = type(strategy)
+        self.candles = candles
+        self.lookback = self.cls.lookback(strategy.parameters)
+        self.warmup = self.cls.warmup(strategy.parameters)
+        self.start = self.stop = 0
+        self.decided: dict[int, _Decided] = {}
+
+    def prepare(self, first: int, last: int) -> None:
+        """Compute the signals of candles ``first .. last`` (indexes into the window)."""
+        if self.start <= first and last < self.stop:
+            return
+        if self.lookback <= self.warmup:  # a window that never leaves the warm-up: no shortcut
+            self.start, self.stop = first, last + 1
+            self.signals = None
+            return
+        start = max(0, first - self.lookback + 1)
+        frame = self.candles.frame.iloc[start : last + 1]
+        params = self.strategy.parameters
+        self.signals = self.cls.generate_signals(frame, params)
+        self.indicators = self.cls.compute_indicators(frame, params)
+        self.arrays = ohlcv_arrays(frame)
+        self.index = frame.index
+        self.start, self.stop = start, last + 1
+        self.decided.clear()
+
+    def at(self, j: int) -> _Decided:
+        found = self.decided.get(j)
+        if found is None:
+            self.prepare(j, j)
+            found = self.decided[j] = self._decide(j)
+        return found
+
+    def _decide(self, j: int) -> _Decided:
+        if self.signals is None:
+            signal = self.strategy.process_data(self.candles.window(j, self.lookback))
+        else:
+            # process_data's steps for its window's last bar: n is that window's length.
+            k = j - self.start
+            n = j - max(0, j - self.lookback + 1) + 1
+            nan = float("nan")
+            decision = Decision(
+                action=Action.from_code(int(self.signals[k])),
+                now={name: float(v[k]) for name, v in self.indicators.items()},
+                prev={name: float(v[k - 1]) if n > 1 else nan
+                      for name, v in self.indicators.items()},
+                candle={c: float(v[k]) for c, v in zip(OHLCV_COLUMNS, self.arrays, strict=True)},
+                prev_candle={
+                    c: float(v[k - 1]) if n > 1 else nan
+                    for c, v in zip(OHLCV_COLUMNS, self.arrays, strict=True)
+                },
+                parameters=self.strategy.parameters,
+            )  # fmt: skip
+            if n <= self.warmup:
+                reason = f"warming up: the first signal needs {self.warmup + 1} candles, got {n}"
+                strength = 0.0
+            else:
+                reason = self.cls.explain(decision)
+                strength = self.cls.strength(decision)
+            signal = Signal(
+                action=decision.action, price=decision.candle["close"], time=self.index[k],
+                strength=strength, reason=reason, indicators=decision.now,
+                strategy=self.cls.name,
+            )  # fmt: skip
+        return _Decided(signal, signal.to_dict()["indicators"])
 
 
 def process_candle(
@@ -406,7 +531,12 @@ def process_candle(
     strategies: dict[int, BaseStrategy] | None = None,
 ) -> dict[str, int]:
     """Process every running bot of (instrument, timeframe) up to the candle closing at
-    ``close_ms`` (the module docstring). Returns counts: bots, candles, signals, orders."""
+    ``close_ms`` (the module docstring). Returns counts: bots, candles, signals, orders.
+
+    Paper bots go through the batch path (``_process_paper_bots``): one decision per distinct
+    (strategy, parameters), all bots' rows written in bulk in one transaction. Live bots, and
+    every paper bot again one by one should the batch's transaction fail, take the per-bot path
+    (``_process_bot``: ``process_data`` per candle, rows written as they happen)."""
     end = ms_to_datetime(close_ms)
     bots = list(
         Bot.objects.running().filter(instrument_id=instrument_id, timeframe=timeframe)
@@ -434,7 +564,21 @@ def process_candle(
     )
     start = start[0] if start else None
     candles = _Candles.load(instrument_id, timeframe, start, end)
-    for bot, strategy in ready:
+    paper_bots = [(bot, s) for bot, s in ready if bot.mode == Bot.Mode.PAPER]
+    one_by_one = [(bot, s) for bot, s in ready if bot.mode != Bot.Mode.PAPER]
+    if paper_bots:
+        try:
+            counts = _process_paper_bots(paper_bots, candles, end)
+        except DatabaseError:
+            # A conflict (another worker decided some of these candles first) or any other
+            # refusal rolled the whole batch back: each bot on its own finds what is left.
+            logger.exception("batch of %s bots on %s %s failed", len(paper_bots), instrument_id,
+                             timeframe)  # fmt: skip
+            one_by_one = sorted(paper_bots + one_by_one, key=lambda pair: pair[0].pk)
+        else:
+            for key, value in counts.items():
+                totals[key] += value
+    for bot, strategy in one_by_one:
         try:
             counts = _process_bot(bot.pk, strategy, candles, end)
         except Exception as exc:  # the bot goes to error, the others go on
@@ -458,24 +602,35 @@ class _Context:
     limits: risk.RiskLimits
     budget: float | None
     exposure_other: float
+    # The batch path: no row is written while deciding (PaperBroker with writes).
+    deferred: bool = False
 
 
-def _context(bot: Bot) -> _Context:
-    budget = (
-        RiskBudget.objects.filter(owner_id=bot.owner_id).values_list("max_exposure", flat=True)
-        .first()
-    )  # fmt: skip
-    exposure_other = 0.0
-    if budget is not None:
-        exposure_other = float(
-            Position.objects.filter(bot__owner_id=bot.owner_id)
-            .exclude(bot=bot)
-            .aggregate(total=Sum(F("quantity") * F("mark_price")))["total"]
-            or 0
-        )
+def _context(
+    bot: Bot,
+    *,
+    broker: Broker | None = None,
+    budget: Any = _UNSET,
+    exposure_other: float | None = None,
+) -> _Context:
+    """``bot``'s context; the batch path passes what it loaded for all its bots at once."""
+    if budget is _UNSET:
+        budget = (
+            RiskBudget.objects.filter(owner_id=bot.owner_id).values_list("max_exposure", flat=True)
+            .first()
+        )  # fmt: skip
+    if exposure_other is None:
+        exposure_other = 0.0
+        if budget is not None:
+            exposure_other = float(
+                Position.objects.filter(bot__owner_id=bot.owner_id)
+                .exclude(bot=bot)
+                .aggregate(total=Sum(F("quantity") * F("mark_price")))["total"]
+                or 0
+            )
     return _Context(
         bot=bot,
-        broker=broker_for(bot),
+        broker=broker or broker_for(bot),
         book=paper.PaperBook.from_dict(bot.paper_book or {"cash": float(bot.capital)}),
         risk_state=dict(bot.risk_state or {}),
         limits=risk.RiskLimits(
@@ -485,6 +640,7 @@ def _context(bot: Bot) -> _Context:
         ),
         budget=None if budget is None else float(budget),
         exposure_other=exposure_other,
+        deferred=broker is not None and getattr(broker, "writes", None) is not None,
     )
 
 
@@ -498,19 +654,74 @@ def _roll_day(ctx: _Context, time_ms: int, open_: float) -> None:
         )
 
 
+@dataclass
+class _Run:
+    """What one bot's candles produced: decisions (with their orders), the last candle."""
+
+    rows: list[SignalRow]
+    orders: list[tuple[Order, SignalRow]]
+    candles: int = 0
+    last_ms: int | None = None
+    close: float = 0.0
+
+
+def _run_candles(
+    ctx: _Context,
+    todo: np.ndarray,
+    done_times: set[datetime],
+    candles: _Candles,
+    decide: Callable[[int], _Decided],
+) -> _Run:
+    """The candles ``todo`` of one bot, in order (the module docstring's steps 1-4), against
+    its context; ``decide(j)`` is the strategy's decision on candle ``j``."""
+    bot = ctx.bot
+    run = _Run(rows=[], orders=[])
+    for j in todo.tolist():
+        time_ms = int(candles.times_ms[j])
+        open_, high, low, close = (float(v) for v in candles.ohlc[j])
+        run.last_ms, run.close = time_ms, close
+        run.candles += 1
+        _roll_day(ctx, time_ms, open_)
+        result = ctx.broker.on_candle(
+            bot, ctx.book, time_ms=time_ms, candle=(open_, high, low, close)
+        )
+        if result.lost and bot.cooldown_candles:
+            ctx.risk_state["cooldown_left"] = bot.cooldown_candles
+        if ms_to_datetime(time_ms) in done_times:
+            # Decided before (process_signal or an earlier run): never twice.
+            _after_candle(ctx, close)
+            continue
+        decided = decide(j)
+        row, order = _decide(ctx, decided.signal, close, indicators=decided.indicators)
+        run.rows.append(row)
+        if order is not None:
+            run.orders.append((order, row))
+        equity = ctx.book.equity(close)
+        _after_candle(ctx, close)
+        if risk.daily_loss_breached(ctx.limits, ctx.risk_state["day_start_equity"], equity):
+            lost = risk.daily_loss_fraction(ctx.risk_state["day_start_equity"], equity)
+            _bot_pause(bot, f"daily loss limit: lost {lost:.2%} today")
+            break
+    return run
+
+
 def _process_bot(
     bot_id: int, strategy: BaseStrategy, candles: _Candles, end: datetime
 ) -> dict[str, int]:
+    """One bot on its own: ``process_data`` on each candle's window, rows written as they
+    happen through the bot's broker (live bots; paper bots when their batch failed)."""
     counts = {"candles": 0, "signals": 0, "orders": 0}
+    lookback = type(strategy).lookback(strategy.parameters)
+
+    def decide(j: int) -> _Decided:
+        signal = strategy.process_data(candles.window(j, lookback))
+        return _Decided(signal, signal.to_dict()["indicators"])
+
     with transaction.atomic():
         bot = Bot.objects.select_for_update().select_related("owner").get(pk=bot_id)
         if bot.status != Bot.Status.RUNNING:
             return counts
-        end_ms = datetime_to_ms(end)
-        if bot.last_processed_at is None:
-            todo = np.flatnonzero(candles.times_ms == end_ms)
-        else:
-            todo = np.flatnonzero(candles.times_ms > datetime_to_ms(bot.last_processed_at))
+        todo = candles.todo(bot.last_processed_at, datetime_to_ms(end))
         if not len(todo):
             return counts
         ctx = _context(bot)
@@ -518,48 +729,191 @@ def _process_bot(
             bot.signals.filter(time__gte=ms_to_datetime(int(candles.times_ms[todo[0]])))
             .values_list("time", flat=True)
         )  # fmt: skip
-        lookback = type(strategy).lookback(strategy.parameters)
-        rows: list[SignalRow] = []
-        orders: list[tuple[Order, SignalRow]] = []
-        last_ms = None
-        for j in todo.tolist():
-            time_ms = int(candles.times_ms[j])
-            open_, high, low, close = (float(v) for v in candles.ohlc[j])
-            last_ms = time_ms
-            counts["candles"] += 1
-            _roll_day(ctx, time_ms, open_)
-            result = ctx.broker.on_candle(
-                bot, ctx.book, time_ms=time_ms, candle=(open_, high, low, close)
-            )
-            if result.lost and bot.cooldown_candles:
-                ctx.risk_state["cooldown_left"] = bot.cooldown_candles
-            if ms_to_datetime(time_ms) in done_times:
-                # Decided before (process_signal or an earlier run): never twice.
-                _after_candle(ctx, close)
-                continue
-            window = candles.frame.iloc[max(0, j - lookback + 1) : j + 1]
-            signal = strategy.process_data(window)
-            row, order = _decide(ctx, signal, close)
-            rows.append(row)
-            if order is not None:
-                orders.append((order, row))
-            equity = ctx.book.equity(close)
-            _after_candle(ctx, close)
-            if risk.daily_loss_breached(ctx.limits, ctx.risk_state["day_start_equity"], equity):
-                lost = risk.daily_loss_fraction(ctx.risk_state["day_start_equity"], equity)
-                _bot_pause(bot, f"daily loss limit: lost {lost:.2%} today")
-                break
-        SignalRow.objects.bulk_create(rows)
-        for order, row in orders:
+        run = _run_candles(ctx, todo, done_times, candles, decide)
+        SignalRow.objects.bulk_create(run.rows)
+        for order, row in run.orders:
             order.signal = row
-        if orders:
-            Order.objects.bulk_update([order for order, _ in orders], ["signal"])
-        for row in rows:
+        if run.orders:
+            Order.objects.bulk_update([order for order, _ in run.orders], ["signal"])
+        for row in run.rows:
             publish_on_commit(f"bot_signals:{bot.pk}", signal_event(row))
-        _save_book(ctx, last_ms, close)
-        counts["signals"] = len(rows)
-        counts["orders"] = len(orders)
+        _save_book(ctx, run.last_ms, run.close)
+        counts["candles"] = run.candles
+        counts["signals"] = len(run.rows)
+        counts["orders"] = len(run.orders)
     return counts
+
+
+def _process_paper_bots(
+    ready: list[tuple[Bot, BaseStrategy]], candles: _Candles, end: datetime
+) -> dict[str, int]:
+    """All paper bots of a stream in one transaction: the bots locked and their open orders,
+    decided signals, risk budgets and positions loaded in one query each; one decision per
+    (strategy, parameters); the rows inserted and updated in bulk; the events published in
+    one batch after commit. A bot whose strategy or candles raise goes to error alone."""
+    end_ms = datetime_to_ms(end)
+    counts = {"bots": 0, "candles": 0, "signals": 0, "orders": 0}
+    configurations: dict[tuple[str, str], _Configuration] = {}
+    of_bot: dict[int, _Configuration] = {}
+    for bot, strategy in ready:
+        key = (bot.strategy, json.dumps(strategy.parameters, sort_keys=True, default=str))
+        if key not in configurations:
+            configurations[key] = _Configuration(strategy, candles)
+        of_bot[bot.pk] = configurations[key]
+    failed: dict[int, str] = {}
+    with transaction.atomic():
+        bots = [
+            bot
+            for bot in Bot.objects.select_for_update().filter(pk__in=list(of_bot)).order_by("pk")
+            if bot.status == Bot.Status.RUNNING and bot.mode == Bot.Mode.PAPER
+        ]
+        counts["bots"] = len(bots)
+        todo = {bot.pk: candles.todo(bot.last_processed_at, end_ms) for bot in bots}
+        bots = [bot for bot in bots if len(todo[bot.pk])]
+        if not bots:
+            return counts
+        failed.update(_prepare(bots, todo, of_bot))
+        state = _BatchState.load([bot for bot in bots if bot.pk not in failed], todo, candles)
+        for bot in bots:
+            if bot.pk in failed:
+                continue
+            try:
+                state.run(bot, todo[bot.pk], of_bot[bot.pk].at)
+            except Exception as exc:  # this bot goes to error, the others go on
+                logger.exception("bot %s failed at %s", bot.pk, end)
+                failed[bot.pk] = f"processing failed: {exc}"
+        for key, value in state.write().items():
+            counts[key] += value
+    for bot_id, message in failed.items():
+        counts["bots"] -= 1
+        bot_error(bot_id=bot_id, message=message)
+    return counts
+
+
+def _prepare(
+    bots: list[Bot], todo: dict[int, np.ndarray], of_bot: dict[int, _Configuration]
+) -> dict[int, str]:
+    """Each configuration's signals over the candles any of its bots has yet to decide; the
+    bots of a configuration that raises, with the error."""
+    spans: dict[int, tuple[int, int]] = {}
+    for bot in bots:
+        first, last = int(todo[bot.pk][0]), int(todo[bot.pk][-1])
+        was = spans.get(id(of_bot[bot.pk]), (first, last))
+        spans[id(of_bot[bot.pk])] = (min(first, was[0]), max(last, was[1]))
+    failed: dict[int, str] = {}
+    for configuration in {id(c): c for c in of_bot.values()}.values():
+        if id(configuration) not in spans:
+            continue
+        try:
+            configuration.prepare(*spans[id(configuration)])
+        except Exception as exc:  # its bots go to error, not the others
+            logger.exception("strategy %s failed", configuration.strategy)
+            failed.update(
+                {bot.pk: f"processing failed: {exc}" for bot in bots
+                 if of_bot[bot.pk] is configuration}
+            )  # fmt: skip
+    return failed
+
+
+@dataclass
+class _BatchState:
+    """What a batch of locked bots reads in one query each, and what their candles produced."""
+
+    candles: _Candles
+    done: dict[int, set[datetime]]
+    pending: dict[int, Order]
+    budgets: dict[int, Decimal | None]
+    positions: dict[int, Position]
+    # Open notional per bot of owners with a budget, kept current as the bots move on (the
+    # per-bot path reads each bot's others from the positions written before it).
+    notional: dict[int, dict[int, Decimal]]
+    runs: list[tuple[_Context, _Run, PaperWrites]]
+
+    @classmethod
+    def load(cls, bots: list[Bot], todo: dict[int, np.ndarray], candles: _Candles) -> _BatchState:
+        ids = [bot.pk for bot in bots]
+        pending: dict[int, Order] = {}
+        for order in Order.objects.filter(bot_id__in=ids, status=Order.Status.OPEN).order_by(
+            "-time", "-id"
+        ):
+            pending[order.bot_id] = order  # the last one read is each bot's first
+        done: dict[int, set[datetime]] = {}
+        if ids:
+            first = ms_to_datetime(int(min(candles.times_ms[todo[pk][0]] for pk in ids)))
+            for bot_id, when in SignalRow.objects.filter(
+                bot_id__in=ids, time__gte=first
+            ).values_list("bot_id", "time"):
+                done.setdefault(bot_id, set()).add(when)
+        budgets = dict(
+            RiskBudget.objects.filter(owner_id__in={bot.owner_id for bot in bots})
+            .values_list("owner_id", "max_exposure")
+        )  # fmt: skip
+        notional: dict[int, dict[int, Decimal]] = {}
+        limited = [owner for owner, budget in budgets.items() if budget is not None]
+        if limited:
+            for bot_id, owner_id, quantity, mark in Position.objects.filter(
+                bot__owner_id__in=limited
+            ).values_list("bot_id", "bot__owner_id", "quantity", "mark_price"):
+                if mark is not None:
+                    notional.setdefault(owner_id, {})[bot_id] = quantity * mark
+        return cls(
+            candles=candles, done=done, pending=pending, budgets=budgets,
+            positions={p.bot_id: p for p in Position.objects.filter(bot_id__in=ids)},
+            notional=notional, runs=[],
+        )  # fmt: skip
+
+    def run(self, bot: Bot, todo: np.ndarray, decide: Callable[[int], _Decided]) -> None:
+        writes = PaperWrites()
+        budget = self.budgets.get(bot.owner_id)
+        others = sum(
+            (v for k, v in self.notional.get(bot.owner_id, {}).items() if k != bot.pk), Decimal(0)
+        )
+        ctx = _context(
+            bot, broker=PaperBroker(bot, writes=writes, pending=self.pending.get(bot.pk)),
+            budget=budget, exposure_other=float(others) if budget is not None else 0.0,
+        )  # fmt: skip
+        run = _run_candles(ctx, todo, self.done.get(bot.pk, set()), self.candles, decide)
+        self.runs.append((ctx, run, writes))
+        if bot.owner_id in self.notional:
+            units = to_decimal(ctx.book.units)
+            self.notional[bot.owner_id][bot.pk] = units * to_decimal(run.close)
+
+    def write(self) -> dict[str, int]:
+        """Every row in bulk (signals, orders, fills, trades, bots, positions) and the events
+        after commit, each bot's in the order the per-bot path sends them."""
+        counts = {"candles": 0, "signals": 0, "orders": 0}
+        writes = PaperWrites()
+        for _, run, mine in self.runs:
+            writes.extend(mine)
+            for order, row in run.orders:
+                order.signal = row
+        SignalRow.objects.bulk_create([row for _, run, _ in self.runs for row in run.rows])
+        writes.flush()
+        now = timezone.now()
+        changed, new = [], []
+        events: list[tuple[str, dict[str, Any]]] = []
+        for ctx, run, mine in self.runs:
+            events += [(channel, build()) for channel, build in mine.events]
+            events += [(f"bot_signals:{ctx.bot.pk}", signal_event(row)) for row in run.rows]
+            values, portfolio = _book_state(ctx, run.last_ms, run.close)
+            events.append((f"trade_updates:{ctx.bot.pk}", portfolio))
+            ctx.bot.updated_at = now
+            position = self.positions.get(ctx.bot.pk)
+            if position is None:
+                new.append(Position(bot=ctx.bot, **values))
+            else:
+                for name, value in values.items():
+                    setattr(position, name, value)
+                position.updated_at = now
+                changed.append(position)
+            counts["candles"] += run.candles
+            counts["signals"] += len(run.rows)
+            counts["orders"] += len(run.orders)
+        rows_update(Bot, [ctx.bot for ctx, _, _ in self.runs], BOOK_FIELDS)
+        rows_update(Position, changed, [*POSITION_FIELDS, "updated_at"])
+        Position.objects.bulk_create(new)
+        publish_many_on_commit(events)
+        return counts
 
 
 def _after_candle(ctx: _Context, close: float) -> None:
@@ -568,8 +922,15 @@ def _after_candle(ctx: _Context, close: float) -> None:
     ctx.risk_state["last_equity"] = ctx.book.equity(close)
 
 
-def _decide(ctx: _Context, signal: Signal, close: float) -> tuple[SignalRow, Order | None]:
-    """Risk checks for one signal and, when they pass, the order sent to the broker."""
+def _decide(
+    ctx: _Context,
+    signal: Signal,
+    close: float,
+    *,
+    indicators: dict[str, float | None] | None = None,
+) -> tuple[SignalRow, Order | None]:
+    """Risk checks for one signal and, when they pass, the order sent to the broker
+    (``indicators``: the signal's, JSON-ready, when the caller has them already)."""
     book = ctx.book
     assessment = risk.assess(
         signal.action.value,
@@ -584,17 +945,18 @@ def _decide(ctx: _Context, signal: Signal, close: float) -> tuple[SignalRow, Ord
         ),
         ctx.limits,
     )
-    data = signal.to_dict()
+    if indicators is None:
+        indicators = signal.to_dict()["indicators"]
     row = SignalRow(
         bot=ctx.bot, time=signal.time, action=signal.action.value,
         price=to_decimal(signal.price), strength=signal.strength, reason=signal.reason,
-        indicators=data["indicators"], risk_checks=assessment.checks_json(),
+        indicators=indicators, risk_checks=assessment.checks_json(),
         executed=assessment.side is not None, no_order_reason=assessment.reason,
     )  # fmt: skip
     if assessment.side is None:
         return row, None
     time_ms = signal.time_ms
-    order = Order.objects.create(
+    order = Order(
         bot=ctx.bot,
         client_order_id=Order.make_client_order_id(ctx.bot.pk, time_ms, assessment.side),
         side=assessment.side,
@@ -607,6 +969,8 @@ def _decide(ctx: _Context, signal: Signal, close: float) -> tuple[SignalRow, Ord
             else None
         ),
     )
+    if not ctx.deferred:
+        order.save(force_insert=True)  # the row exists before the broker sees the order
     ctx.broker.submit(order)
     return row, order
 
@@ -621,7 +985,15 @@ def signal_event(row: SignalRow) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _save_book(ctx: _Context, last_ms: int | None, close: float) -> None:
+BOOK_FIELDS = ["paper_book", "risk_state", "cash", "equity", "last_processed_at", "updated_at"]
+POSITION_FIELDS = ["quantity", "entry_price", "entry_time", "mark_price", "unrealized_pnl"]
+
+
+def _book_state(
+    ctx: _Context, last_ms: int | None, close: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Set the bot's book fields (``BOOK_FIELDS``, unsaved); return its position's values and
+    the ``portfolio.updated`` event."""
     bot, book = ctx.bot, ctx.book
     bot.paper_book = book.to_dict()
     bot.risk_state = ctx.risk_state
@@ -629,28 +1001,27 @@ def _save_book(ctx: _Context, last_ms: int | None, close: float) -> None:
     bot.equity = to_decimal(book.equity(close))
     if last_ms is not None:
         bot.last_processed_at = ms_to_datetime(last_ms)
-    bot.save(
-        update_fields=[
-            "paper_book", "risk_state", "cash", "equity", "last_processed_at", "updated_at",
-        ]
-    )  # fmt: skip
     unrealized = book.units * (close - book.entry_price) - book.entry_fee if book.long else 0.0
-    Position.objects.update_or_create(
-        bot=bot,
-        defaults={
-            "quantity": to_decimal(book.units),
-            "entry_price": to_decimal(book.entry_price) if book.long else None,
-            "entry_time": ms_to_datetime(book.entry_ms) if book.long else None,
-            "mark_price": to_decimal(close),
-            "unrealized_pnl": to_decimal(unrealized),
-        },
-    )
-    publish_on_commit(
-        f"trade_updates:{bot.pk}",
-        {"type": "portfolio.updated", "bot_id": bot.pk, "time_ms": last_ms,
-         "cash": book.cash, "equity": book.equity(close), "position": book.units,
-         "entry_price": book.entry_price if book.long else None, "mark_price": close},
-    )  # fmt: skip
+    position = {
+        "quantity": to_decimal(book.units),
+        "entry_price": to_decimal(book.entry_price) if book.long else None,
+        "entry_time": ms_to_datetime(book.entry_ms) if book.long else None,
+        "mark_price": to_decimal(close),
+        "unrealized_pnl": to_decimal(unrealized),
+    }
+    event = {
+        "type": "portfolio.updated", "bot_id": bot.pk, "time_ms": last_ms, "cash": book.cash,
+        "equity": book.equity(close), "position": book.units,
+        "entry_price": book.entry_price if book.long else None, "mark_price": close,
+    }  # fmt: skip
+    return position, event
+
+
+def _save_book(ctx: _Context, last_ms: int | None, close: float) -> None:
+    position, event = _book_state(ctx, last_ms, close)
+    ctx.bot.save(update_fields=BOOK_FIELDS)
+    Position.objects.update_or_create(bot=ctx.bot, defaults=position)
+    publish_on_commit(f"trade_updates:{ctx.bot.pk}", event)
 
 
 def bot_process_signal(*, bot_id: int, signal: Signal) -> SignalRow:

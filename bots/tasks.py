@@ -26,3 +26,11 @@ def process_candle_task(instrument_id: int, timeframe: str, close_ms: int) -> di
 def catch_up_task() -> int:
     """Queue processing for every stream with running bots (beat: bots that fell behind)."""
     return services.catch_up_all()
+
+
+@shared_task(name="bots.reconcile", acks_late=True)
+def reconcile_task() -> dict[str, int]:
+    """Reconcile every live bot with its exchange (beat, every minute; ``bots.reconcile``)."""
+    from bots.reconcile import reconcile_all
+
+    return reconcile_all()

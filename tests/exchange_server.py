@@ -14,12 +14,22 @@ zero-volume rows, and the still-open candle is the last row. WebSocket clients s
 ``<symbol>@trade`` or ``<symbol>@aggTrade``. Simplification: each aggregate trade is a single
 trade, so aggTrades' ``a`` equals the trade stream's ``t`` (on the real exchange they are
 different counters). The clock is the machine's: ccxt compares candle times with its own.
+
+Signed spot trading (``add_account``): ``/api/v3/account``, ``/order`` (POST, GET, DELETE),
+``/openOrders``, ``/allOrders`` and ``/myTrades`` check ``X-MBX-APIKEY`` and the HMAC-SHA256
+signature of the exact query string or form body, as Binance does, and keep balances, orders
+and trades per account. MARKET orders fill at once, in one fill, at the symbol's last trade
+price (no book depth); LIMIT orders rest (``NEW``, balance locked) until cancelled: there is no
+matching. The commission (``COMMISSION`` of the notional) is charged in the quote asset.
+``drop_next_order_response`` makes the exchange accept an order but never answer its request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import hashlib
+import hmac
 import json
 import math
 import random
@@ -27,8 +37,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aiohttp import WSMsgType, web
 
@@ -67,6 +78,35 @@ ERROR_BODIES = {
     418: {"code": -1003, "msg": "Way too much request weight used; IP banned until later."},
     500: {"code": -1001, "msg": "Internal error; unable to process your request."},
 }  # fmt: skip
+
+
+COMMISSION = Decimal("0.001")  # of the notional, in the quote asset
+LOT = Decimal("0.00001")  # LOT_SIZE stepSize
+MIN_NOTIONAL = Decimal(5)
+INSUFFICIENT = "Account has insufficient balance for requested action."
+
+
+class BinanceError(Exception):
+    """An error answer ``{code, msg}`` with its HTTP status."""
+
+    def __init__(self, code: int, msg: str, status: int = 400) -> None:
+        super().__init__(msg)
+        self.code, self.msg, self.status = code, msg, status
+
+
+@dataclass
+class Account:
+    """One API key's spot account: free and locked balances, orders and trades (Binance rows)."""
+
+    secret: str
+    free: dict[str, Decimal]
+    locked: dict[str, Decimal] = field(default_factory=dict)
+    orders: list[dict[str, Any]] = field(default_factory=list)
+    trades: list[dict[str, Any]] = field(default_factory=list)
+
+
+def dec(value: Decimal) -> str:
+    return f"{value:.8f}"
 
 
 def fmt(units: int, exp: int) -> str:
@@ -143,6 +183,11 @@ class FakeBinance:
         self.ws_connections = 0  # WebSocket connections accepted so far
         self.subscribed: list[str] = []  # every stream a WebSocket client subscribed to
         self._faults: list[list[Any]] = []  # [remaining, status, path prefix, delay s]
+        self.accounts: dict[str, Account] = {}  # API key -> account
+        self.order_posts = 0  # POST /api/v3/order requests received (any outcome)
+        self._order_drops: list[tuple[str, float]] = []  # (mode, delay s) per next accepted order
+        self._next_order_id = 5_000_001
+        self._next_trade_id = 9_000_001
         self._ws: dict[web.WebSocketResponse, set[str]] = {}  # connection -> streams
         self._ws_transports: dict[web.WebSocketResponse, asyncio.BaseTransport] = {}
         self._push_lock: asyncio.Lock | None = None
@@ -238,6 +283,27 @@ class FakeBinance:
 
     def clear_faults(self) -> None:
         self._call(self._faults.clear)
+        self._call(self._order_drops.clear)
+
+    def add_account(self, api_key: str, secret: str, balances: dict[str, Any]) -> None:
+        """A spot account for ``api_key``, signed with ``secret``, holding ``balances`` free."""
+        free = {asset: Decimal(str(amount)) for asset, amount in balances.items()}
+        self._call(lambda: self.accounts.__setitem__(api_key, Account(secret, free)))
+
+    def balance(self, api_key: str) -> dict[str, Decimal]:
+        """Free balance per asset."""
+        return self._call(lambda: dict(self.accounts[api_key].free))
+
+    def orders(self, api_key: str) -> list[dict[str, Any]]:
+        """Every order the account placed, as ``GET /api/v3/order`` shows it, oldest first."""
+        return self._call(lambda: [self._order_row(o) for o in self.accounts[api_key].orders])
+
+    def drop_next_order_response(self, *, mode: str = "close", delay: float = 0.0) -> None:
+        """The next accepted order is placed, but its request gets no answer: ``close`` cuts
+        the connection, ``delay`` answers only after ``delay`` s (past the client's timeout)."""
+        if mode not in ("close", "delay"):
+            raise ValueError(mode)
+        self._call(lambda: self._order_drops.append((mode, delay)))
 
     def drop_ws(self, *, abrupt: bool = False) -> None:
         """Close every WebSocket: a close frame, or (``abrupt``) a dead TCP connection."""
@@ -305,6 +371,17 @@ class FakeBinance:
         }
         for path, handler in api.items():
             app.router.add_get(f"/api/v3/{path}", handler)
+        signed = {
+            ("GET", "account"): self._account,
+            ("POST", "order"): self._new_order,
+            ("GET", "order"): self._query_order,
+            ("DELETE", "order"): self._cancel_order,
+            ("GET", "openOrders"): self._open_orders,
+            ("GET", "allOrders"): self._all_orders,
+            ("GET", "myTrades"): self._my_trades,
+        }
+        for (method, path), handler in signed.items():
+            app.router.add_route(method, f"/api/v3/{path}", self._signed(handler))
         app.router.add_get("/ws", self._ws_handler)
         app.router.add_get("/ws/{n}", self._ws_handler)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -507,6 +584,224 @@ class FakeBinance:
             "count": len(book.ids) - lo,
         }  # fmt: skip
         return web.json_response(ticker)
+
+    # --- signed trading endpoints ---------------------------------------------------------
+    def _signed(self, handler: Callable) -> Callable:
+        """Check the API key and the signature, then call ``handler(request, account, params)``;
+        a ``BinanceError`` becomes Binance's ``{code, msg}`` answer."""
+
+        async def checked(request: web.Request) -> web.StreamResponse:
+            raw = await request.text() if request.method == "POST" else request.query_string
+            if request.method == "POST" and request.path == "/api/v3/order":
+                self.order_posts += 1
+            try:
+                account = self.accounts.get(request.headers.get("X-MBX-APIKEY", ""))
+                if account is None:
+                    raise BinanceError(
+                        -2015, "Invalid API-key, IP, or permissions for action.", 401
+                    )
+                payload, _, signature = raw.rpartition("&signature=")
+                expected = hmac.new(
+                    account.secret.encode(), payload.encode(), hashlib.sha256
+                ).hexdigest()
+                if not hmac.compare_digest(signature, expected):
+                    raise BinanceError(-1022, "Signature for this request is not valid.")
+                params = dict(parse_qsl(payload, keep_blank_values=True))
+                if "timestamp" not in params:
+                    raise BinanceError(
+                        -1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, "
+                        "or malformed.",
+                    )  # fmt: skip
+                return await handler(request, account, params)
+            except BinanceError as exc:
+                return web.json_response({"code": exc.code, "msg": exc.msg}, status=exc.status)
+
+        return checked
+
+    def _market(self, params: dict[str, str]) -> tuple[Book, str, str]:
+        for symbol, book in self.books.items():
+            if book.market_id == params.get("symbol"):
+                base, quote, _ = MARKETS[symbol]
+                return book, base, quote
+        raise BinanceError(-1121, "Invalid symbol.")
+
+    def _find(self, account: Account, params: dict[str, str]) -> dict[str, Any]:
+        book, _, _ = self._market(params)
+        order_id, client_id = params.get("orderId"), params.get("origClientOrderId")
+        if order_id is None and client_id is None:
+            raise BinanceError(
+                -1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty"
+                "/null!",
+            )  # fmt: skip
+        for order in account.orders:
+            if order["symbol"] == book.market_id and (
+                str(order["orderId"]) == order_id or order["clientOrderId"] == client_id
+            ):
+                return order
+        raise BinanceError(-2013, "Order does not exist.")
+
+    @staticmethod
+    def _order_row(order: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in order.items() if k != "fills"}
+
+    @staticmethod
+    def _move(account: Account, asset: str, amount: Decimal, *, to_locked: bool) -> None:
+        src, dst = (account.free, account.locked) if to_locked else (account.locked, account.free)
+        src[asset] = src.get(asset, Decimal(0)) - amount
+        dst[asset] = dst.get(asset, Decimal(0)) + amount
+
+    async def _account(self, request: web.Request, account: Account, params: dict) -> web.Response:
+        assets = sorted(set(account.free) | set(account.locked))
+        balances = [
+            {"asset": a, "free": dec(account.free.get(a, Decimal(0))),
+             "locked": dec(account.locked.get(a, Decimal(0)))}
+            for a in assets
+        ]  # fmt: skip
+        return web.json_response({
+            "makerCommission": 10, "takerCommission": 10, "buyerCommission": 0,
+            "sellerCommission": 0, "canTrade": True, "canWithdraw": True, "canDeposit": True,
+            "brokered": False, "requireSelfTradePrevention": False, "preventSor": False,
+            "updateTime": self.now_ms(), "accountType": "SPOT", "balances": balances,
+            "permissions": ["SPOT"], "uid": 1,
+        })  # fmt: skip
+
+    async def _new_order(self, request: web.Request, account: Account, params: dict) -> Any:
+        book, base, quote = self._market(params)
+        side, kind = params.get("side"), params.get("type")
+        if side not in ("BUY", "SELL") or kind not in ("MARKET", "LIMIT"):
+            raise BinanceError(-1116, "Invalid orderType.")
+        client_id = params.get("newClientOrderId") or f"fake{self._next_order_id}"
+        # Real Binance refuses a newClientOrderId only while an order with it is open; this
+        # server refuses any reuse, so a test sees a second send of one order as an error too.
+        if any(o["clientOrderId"] == client_id for o in account.orders):
+            raise BinanceError(-2010, "Duplicate order sent.")
+        last = Decimal(book.prices[-1]).scaleb(-2)
+        price = last if kind == "MARKET" else Decimal(params.get("price") or 0)
+        if "quantity" in params:
+            qty = Decimal(params["quantity"])
+        elif kind == "MARKET" and "quoteOrderQty" in params:
+            qty = (Decimal(params["quoteOrderQty"]) / price).quantize(LOT, ROUND_DOWN)
+        else:
+            raise BinanceError(-1102, "Mandatory parameter 'quantity' was not sent.")
+        if qty <= 0 or qty % LOT:
+            raise BinanceError(-1013, "Filter failure: LOT_SIZE")
+        if price <= 0:
+            raise BinanceError(-1013, "Filter failure: PRICE_FILTER")
+        cost = qty * price
+        if cost < MIN_NOTIONAL:
+            raise BinanceError(-1013, "Filter failure: NOTIONAL")
+        fee = (cost * COMMISSION).quantize(Decimal("1e-8"))
+        pay, need = (quote, cost + fee) if side == "BUY" else (base, qty)
+        if account.free.get(pay, Decimal(0)) < need:
+            raise BinanceError(-2010, INSUFFICIENT)
+        now = self.now_ms()
+        order = {
+            "symbol": book.market_id, "orderId": self._next_order_id, "orderListId": -1,
+            "clientOrderId": client_id, "price": dec(price if kind == "LIMIT" else Decimal(0)),
+            "origQty": dec(qty), "executedQty": dec(Decimal(0)),
+            "cummulativeQuoteQty": dec(Decimal(0)), "status": "NEW",
+            "timeInForce": params.get("timeInForce", "GTC"), "type": kind, "side": side,
+            "stopPrice": dec(Decimal(0)), "icebergQty": dec(Decimal(0)), "time": now,
+            "updateTime": now, "isWorking": True, "workingTime": now,
+            "origQuoteOrderQty": dec(Decimal(params.get("quoteOrderQty", 0))),
+            "selfTradePreventionMode": "NONE", "fills": [],
+        }  # fmt: skip
+        self._next_order_id += 1
+        account.orders.append(order)
+        self._move(account, pay, need, to_locked=True)
+        if kind == "MARKET":
+            self._fill(account, order, qty, price, fee, base, quote, now)
+        drop = self._order_drops.pop(0) if self._order_drops else None
+        if drop is not None:
+            mode, delay = drop
+            if mode == "close":
+                request.transport.close()  # the order stands; its answer never leaves
+                return web.Response(status=204)
+            await asyncio.sleep(delay)
+        return web.json_response({**order, "transactTime": now})
+
+    def _fill(
+        self, account: Account, order: dict[str, Any], qty: Decimal, price: Decimal,
+        fee: Decimal, base: str, quote: str, now: int,
+    ) -> None:  # fmt: skip
+        cost = qty * price
+        if order["side"] == "BUY":
+            account.locked[quote] -= cost + fee
+            account.free[base] = account.free.get(base, Decimal(0)) + qty
+        else:
+            account.locked[base] -= qty
+            account.free[quote] = account.free.get(quote, Decimal(0)) + cost - fee
+        trade_id = self._next_trade_id
+        self._next_trade_id += 1
+        order.update(status="FILLED", executedQty=dec(qty), cummulativeQuoteQty=dec(cost),
+                     updateTime=now)  # fmt: skip
+        order["fills"] = [{"price": dec(price), "qty": dec(qty), "commission": dec(fee),
+                           "commissionAsset": quote, "tradeId": trade_id}]  # fmt: skip
+        account.trades.append({
+            "symbol": order["symbol"], "id": trade_id, "orderId": order["orderId"],
+            "orderListId": -1, "price": dec(price), "qty": dec(qty), "quoteQty": dec(cost),
+            "commission": dec(fee), "commissionAsset": quote, "time": now,
+            "isBuyer": order["side"] == "BUY", "isMaker": False, "isBestMatch": True,
+        })  # fmt: skip
+
+    async def _query_order(self, request: web.Request, account: Account, params: dict) -> Any:
+        return web.json_response(self._order_row(self._find(account, params)))
+
+    async def _cancel_order(self, request: web.Request, account: Account, params: dict) -> Any:
+        try:
+            order = self._find(account, params)
+        except BinanceError as exc:
+            if exc.code == -2013:
+                raise BinanceError(-2011, "Unknown order sent.") from None
+            raise
+        if order["status"] not in ("NEW", "PARTIALLY_FILLED"):
+            raise BinanceError(-2011, "Unknown order sent.")
+        _, base, quote = self._market(params)
+        qty = Decimal(order["origQty"]) - Decimal(order["executedQty"])
+        if order["side"] == "BUY":
+            price = Decimal(order["price"])
+            held = qty * price + (qty * price * COMMISSION).quantize(Decimal("1e-8"))
+            self._move(account, quote, held, to_locked=False)
+        else:
+            self._move(account, base, qty, to_locked=False)
+        order.update(status="CANCELED", updateTime=self.now_ms())
+        row = self._order_row(order)
+        return web.json_response({**row, "origClientOrderId": row["clientOrderId"]})
+
+    async def _open_orders(self, request: web.Request, account: Account, params: dict) -> Any:
+        market_id = params.get("symbol")
+        if market_id is not None:
+            self._market(params)
+        rows = [
+            self._order_row(o) for o in account.orders
+            if o["status"] in ("NEW", "PARTIALLY_FILLED")
+            and (market_id is None or o["symbol"] == market_id)
+        ]  # fmt: skip
+        return web.json_response(rows)
+
+    async def _all_orders(self, request: web.Request, account: Account, params: dict) -> Any:
+        book, _, _ = self._market(params)
+        first_id = int(params.get("orderId", 0))
+        start, end = int(params.get("startTime", 0)), params.get("endTime")
+        limit = min(int(params.get("limit", 500)), 1000)
+        rows = [
+            self._order_row(o) for o in account.orders
+            if o["symbol"] == book.market_id and o["orderId"] >= first_id and o["time"] >= start
+            and (end is None or o["time"] <= int(end))
+        ]  # fmt: skip
+        return web.json_response(rows[:limit] if "orderId" in params else rows[-limit:])
+
+    async def _my_trades(self, request: web.Request, account: Account, params: dict) -> Any:
+        book, _, _ = self._market(params)
+        order_id = params.get("orderId")
+        from_id, start = int(params.get("fromId", 0)), int(params.get("startTime", 0))
+        limit = min(int(params.get("limit", 500)), 1000)
+        rows = [
+            t for t in account.trades
+            if t["symbol"] == book.market_id and t["id"] >= from_id and t["time"] >= start
+            and (order_id is None or str(t["orderId"]) == order_id)
+        ]  # fmt: skip
+        return web.json_response(rows[:limit])
 
     async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
         if not self.ws_available:

@@ -21,6 +21,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -143,6 +144,57 @@ async def apublish(channel: str, payload: dict[str, Any]) -> dict[str, Any]:
         group_name(channel), {"type": GROUP_MESSAGE_TYPE, "event": event}
     )
     return event
+
+
+def publish_many(events: Iterable[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """``publish`` for many events at once (a batch of bots): the same events in the same order,
+    with one Redis round trip for all of them and one for the Channels groups' memberships, so
+    that a thousand events cost milliseconds instead of a round trip (and an event loop) each.
+    Only groups with members are sent to: ``group_send`` to an empty group does nothing."""
+    encoded = [(ch, _encode(validate_channel(ch), payload)) for ch, payload in events]
+    if not encoded:
+        return []
+    client = get_redis()
+    script = client.register_script(_PUBLISH_LUA)
+    pipe = client.pipeline(transaction=False)
+    for channel, body in encoded:
+        script(keys=[_seq_key(channel), channel], args=[body], client=pipe)
+    seqs = pipe.execute()
+    out = [
+        {"seq": int(seq), **json.loads(body)}
+        for (_channel, body), seq in zip(encoded, seqs, strict=True)
+    ]
+    groups = [group_name(channel) for channel, _body in encoded]
+    async_to_sync(_group_send_many)(groups, out)
+    return out
+
+
+async def _group_send_many(groups: list[str], events: list[dict[str, Any]]) -> None:
+    layer = get_channel_layer()
+    members: dict[str, int] = {}
+    if all(hasattr(layer, name) for name in ("_group_key", "connection", "consistent_hash")):
+        # channels-redis: one pipelined ZCARD per shard tells which groups have members (the
+        # layer's own group keys); the others are skipped. Any other layer: send to each.
+        by_shard: dict[int, list[str]] = {}
+        for group in dict.fromkeys(groups):
+            by_shard.setdefault(layer.consistent_hash(group), []).append(group)
+        for shard, names in by_shard.items():
+            pipe = layer.connection(shard).pipeline(transaction=False)
+            for group in names:
+                pipe.zcard(layer._group_key(group))
+            members.update(zip(names, await pipe.execute(), strict=True))
+    for group, event in zip(groups, events, strict=True):
+        if members.get(group, 1):
+            await layer.group_send(group, {"type": GROUP_MESSAGE_TYPE, "event": event})
+
+
+def publish_many_on_commit(events: list[tuple[str, dict[str, Any]]]) -> None:
+    """``publish_many`` once the current transaction commits; validates now (as
+    ``publish_on_commit``), and a Redis outage after commit is logged, never raised."""
+    for channel, payload in events:
+        _encode(validate_channel(channel), payload)
+    if events:
+        transaction.on_commit(lambda: publish_many(events), robust=True)
 
 
 def publish_on_commit(channel: str, payload: dict[str, Any]) -> None:

@@ -1,0 +1,469 @@
+"""Live execution through ccxt: ``CcxtBroker``.
+
+Allowed only when ``settings.TRADEAPP_LIVE_TRADING`` is on and the bot is in live mode, on an
+exchange account of a ccxt exchange. The order path, crash-safe at every step:
+
+1. ``submit`` runs inside the caller's transaction: the order row (``pending_submit``, its
+   deterministic ``client_order_id``) is written there, and the request is sent only after that
+   transaction commits (``transaction.on_commit``). A crash before the commit leaves nothing (the
+   redelivered candle decides again); a crash after it leaves a committed row that
+   reconciliation settles (``bots.reconcile``). A row is sent at most once, from
+   ``pending_submit``; nothing here ever sends it again.
+2. The exchange's answer: a fill records ``Fill`` rows and moves the bot's book, position and
+   round-trip trades as the paper path does; an exchange refusal (insufficient funds, invalid
+   order, bad credentials) is ``rejected`` with its reason; a timeout, a cut connection or any
+   answer we cannot read is ``unknown``, never ``rejected``: the exchange may hold the order.
+3. A live bot sends nothing before its first successful reconciliation since it started
+   (``Bot.reconciled_at``), nor while an earlier order of it is unsettled; such an order is
+   ``rejected`` without being sent, and its signal's decision log says why.
+
+The bot's ``paper_book`` is its ledger in live mode too: the allocated capital as cash, the
+position as the exchange filled it. It sizes entries exactly as in paper mode.
+
+Credentials are decrypted only to build the ccxt client; every error text recorded or logged
+passes through ``redact`` first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import ccxt
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from bots import paper
+from bots.brokers import Broker, BrokerError, announce_order, fill_json, record_trade
+from bots.models import Bot, ExchangeAccount, Fill, Order, Position, Signal
+from marketdata.models import Exchange
+from marketdata.providers.ccxt_provider import _merge, rewrite_api_urls
+from marketdata.services import datetime_to_ms, ms_to_datetime, to_decimal
+from tradeapp.events import publish_on_commit
+
+logger = logging.getLogger(__name__)
+
+# ccxt's request timeout (ms) for live orders, unless the exchange's options set "timeout".
+LIVE_TIMEOUT_MS = 10_000
+TERMINAL = (Order.Status.FILLED, Order.Status.CANCELLED, Order.Status.REJECTED)
+CCXT_STATUS = {
+    "open": Order.Status.OPEN, "closed": Order.Status.FILLED,
+    "canceled": Order.Status.CANCELLED, "cancelled": Order.Status.CANCELLED,
+    "expired": Order.Status.CANCELLED, "rejected": Order.Status.REJECTED,
+}  # fmt: skip
+# Test-only hook, off unless the variable is set: "<point>:<marker file>" makes the first process
+# reaching <point> ("submit": order row written, not committed; "sent": the exchange answered,
+# nothing recorded) create the marker (holding its pid) and sleep, so that a test can SIGKILL it
+# there. Never set in a deployment.
+TEST_PAUSE_ENV = "TRADEAPP_TEST_PAUSE_LIVE"
+
+_clients: dict[tuple[Any, ...], ccxt.Exchange] = {}  # this process's clients (markets cached)
+
+
+def test_pause(point: str) -> None:
+    spec = os.environ.get(TEST_PAUSE_ENV)
+    if not spec:
+        return
+    at, _, marker = spec.partition(":")
+    if at != point:
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return  # once: the redelivered task runs through
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    time.sleep(3600)
+
+
+def redact(text: str, client: ccxt.Exchange | None) -> str:
+    """``text`` without the client's API key or secret."""
+    for value in (getattr(client, "secret", None), getattr(client, "apiKey", None)):
+        if value:
+            text = text.replace(value, "***")
+    return text
+
+
+class RedactCredentials(logging.Filter):
+    """ccxt logs every request with its headers at DEBUG (the API key among them): take this
+    process's credentials out of its records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _clients:
+            message = record.getMessage()
+            for client in list(_clients.values()):
+                message = redact(message, client)
+            record.msg, record.args = message, None
+        return True
+
+
+logging.getLogger("ccxt.base.exchange").addFilter(RedactCredentials())
+
+
+def check_live_allowed(bot: Bot) -> None:
+    """Raise ``BrokerError`` unless ``bot`` may trade live (setting, mode, account, exchange)."""
+    if not settings.TRADEAPP_LIVE_TRADING:
+        raise BrokerError(
+            f"bot {bot.pk}: live trading is disabled (set TRADEAPP_LIVE_TRADING=1 to allow it)"
+        )
+    if bot.mode != Bot.Mode.LIVE:
+        raise BrokerError(f"bot {bot.pk} is not in live mode")
+    if bot.account_id is None:
+        raise BrokerError(f"bot {bot.pk} is in live mode without an exchange account")
+    exchange = bot.account.exchange
+    if exchange.kind != Exchange.Kind.CCXT or not hasattr(ccxt, exchange.ccxt_id):
+        raise BrokerError(
+            f"bot {bot.pk}: exchange {exchange.ccxt_id} is not a ccxt exchange, so it cannot "
+            "trade live"
+        )
+    if bot.instrument.exchange_id != exchange.pk:
+        raise BrokerError(
+            f"bot {bot.pk} trades {bot.instrument} but its account {bot.account.label!r} is on "
+            f"{exchange.ccxt_id}"
+        )
+
+
+def client_for(account: ExchangeAccount) -> ccxt.Exchange:
+    """The sync ccxt client of ``account`` (one per process and credentials). With the
+    exchange's ``api_base_url`` (a local exchange server) its URLs point there, spot markets
+    only and no client-side rate limiter, as ``CcxtProvider`` does."""
+    exchange = account.exchange
+    options = dict(exchange.options or {})
+    timeout = int(options.pop("timeout", LIVE_TIMEOUT_MS))
+    key = (
+        account.pk, account.api_key_encrypted, account.api_secret_encrypted,
+        exchange.ccxt_id, exchange.api_base_url, repr(sorted(options.items())), timeout,
+    )  # fmt: skip
+    client = _clients.get(key)
+    if client is not None:
+        return client
+    if not (account.api_key_encrypted and account.api_secret_encrypted):
+        raise BrokerError(f"exchange account {account.label!r} has no API key and secret")
+    own: dict[str, Any] = {}
+    if exchange.api_base_url:
+        own = {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False,
+               "fetchMargins": False}  # fmt: skip
+    client = getattr(ccxt, exchange.ccxt_id)(
+        {
+            "apiKey": account.api_key(), "secret": account.api_secret(), "timeout": timeout,
+            "enableRateLimit": not exchange.api_base_url, "options": _merge(own, options),
+        }
+    )  # fmt: skip
+    if exchange.api_base_url:
+        client.urls["api"] = rewrite_api_urls(client.urls["api"], exchange.api_base_url)
+    _clients[key] = client
+    return client
+
+
+@dataclass
+class Answer:
+    """An exchange order (ccxt's order structure) and its trades (ccxt trade structures)."""
+
+    order: dict[str, Any]
+    trades: list[dict[str, Any]]
+
+
+class CcxtBroker(Broker):
+    """The live broker of one bot (module docstring)."""
+
+    def __init__(self, bot: Bot) -> None:
+        check_live_allowed(bot)
+        self.bot = bot
+        self.symbol = bot.instrument.symbol
+        self._client: ccxt.Exchange | None = None
+
+    def __repr__(self) -> str:
+        return f"<CcxtBroker bot={self.bot.pk} {self.symbol}>"
+
+    @property
+    def client(self) -> ccxt.Exchange:
+        if self._client is None:
+            self._client = client_for(self.bot.account)
+        return self._client
+
+    def error_text(self, exc: BaseException) -> str:
+        return redact(f"{type(exc).__name__}: {exc}", self._client)
+
+    # --- submit -----------------------------------------------------------------------------
+    def submit(self, order: Order) -> Order:
+        if order.pk is None:  # a caller that defers its inserts: this row is written now
+            order.save(force_insert=True)
+        refusal = self._refusal(order)
+        if refusal is not None:
+            order.status = Order.Status.REJECTED
+            order.error = f"not sent: {refusal}"
+            order.save(update_fields=["status", "error", "updated_at"])
+            announce_order(order)
+            transaction.on_commit(lambda: _signal_not_executed(order.pk, refusal), robust=True)
+            return order
+        announce_order(order)
+        test_pause("submit")
+        transaction.on_commit(lambda: self.send(order.pk))
+        return order
+
+    def _refusal(self, order: Order) -> str | None:
+        if self.bot.reconciled_at is None:
+            return "the live bot has not reconciled with the exchange since it started"
+        earlier = (
+            Order.objects.filter(bot_id=self.bot.pk, status__in=Order.ACTIVE)
+            .exclude(pk=order.pk).order_by("id").first()
+        )  # fmt: skip
+        if earlier is not None:
+            return f"order {earlier.client_order_id} is still {earlier.status}"
+        return None
+
+    def send(self, order_id: int) -> None:
+        """Send a committed ``pending_submit`` order (after commit, outside any transaction)
+        and record the answer."""
+        order = Order.objects.get(pk=order_id)
+        if order.status != Order.Status.PENDING_SUBMIT:
+            return
+        try:
+            answer = self._create(order)
+        except ccxt.InvalidOrder as exc:
+            if "duplicate order" in str(exc).lower():
+                # The exchange holds an order with this client id: it went out before.
+                self.mark(order_id, Order.Status.UNKNOWN, self.error_text(exc))
+            else:
+                self.mark(order_id, Order.Status.REJECTED, self.error_text(exc))
+            return
+        except ccxt.NetworkError as exc:  # timeout, cut connection, 5xx: it may have arrived
+            self.mark(order_id, Order.Status.UNKNOWN, self.error_text(exc))
+            return
+        except ccxt.ExchangeError as exc:  # refused: funds, credentials, symbol, filters
+            self.mark(order_id, Order.Status.REJECTED, self.error_text(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - an unreadable answer: reconciliation decides
+            logger.warning("order %s: unreadable answer: %s", order_id, self.error_text(exc))
+            self.mark(order_id, Order.Status.UNKNOWN, self.error_text(exc))
+            return
+        test_pause("sent")
+        self.apply(order_id, answer)
+
+    def _create(self, order: Order) -> Answer:
+        client, params = self.client, {"newClientOrderId": order.client_order_id}
+        client.load_markets()
+        if order.side == Order.Side.BUY:
+            # The backtester's sizing: the committed cash pays the notional and the fee.
+            cost = float(order.quote_amount) / (1.0 + self.bot.fee)
+            cost = float(client.cost_to_precision(self.symbol, cost))
+            data = client.create_market_buy_order_with_cost(self.symbol, cost, params)
+        else:
+            amount = float(client.amount_to_precision(self.symbol, float(order.quantity)))
+            data = client.create_order(self.symbol, "market", "sell", amount, None, params)
+        return Answer(data, list(data.get("trades") or []))
+
+    # --- recording --------------------------------------------------------------------------
+    def mark(self, order_id: int, status: str, error: str) -> None:
+        """Move an active order to ``status`` with ``error`` (no fills)."""
+        with transaction.atomic():
+            order = Order.objects.select_for_update().get(pk=order_id)
+            if order.status not in Order.ACTIVE:
+                return
+            order.status, order.error = status, error
+            order.submitted_at = order.submitted_at or timezone.now()
+            order.save(update_fields=["status", "error", "submitted_at", "updated_at"])
+            announce_order(order)
+
+    def apply(self, order_id: int, answer: Answer) -> str:
+        """Adopt the exchange's view of an order: its status, new fills, and (when it ends
+        filled) the book, position and round trip. Idempotent. Returns the new status."""
+        data = answer.order
+        with transaction.atomic():
+            bot = Bot.objects.select_for_update().get(pk=self.bot.pk)
+            order = Order.objects.select_for_update().get(pk=order_id)
+            if order.status in TERMINAL:
+                return order.status
+            filled = Decimal(str(data.get("filled") or 0))
+            status = CCXT_STATUS.get(data.get("status") or "", Order.Status.UNKNOWN)
+            if status == Order.Status.OPEN and filled > 0:
+                status = Order.Status.PARTIALLY_FILLED
+            fills = self._new_fills(order, answer)
+            order.status = status
+            order.exchange_order_id = str(data.get("id") or order.exchange_order_id)
+            order.filled_quantity = to_decimal(float(filled))
+            if data.get("average"):
+                order.price = to_decimal(float(data["average"]))
+            order.submitted_at = order.submitted_at or timezone.now()
+            if status == Order.Status.REJECTED:
+                order.error = order.error or "rejected by the exchange"
+            elif status in (Order.Status.OPEN, Order.Status.PARTIALLY_FILLED, *TERMINAL):
+                order.error = ""
+            if status in TERMINAL and filled > 0:
+                order.quantity = order.filled_quantity
+                order.filled_at = timezone.now()
+            order.save()
+            announce_order(order)
+            for fill in fills:
+                publish_on_commit(
+                    f"trade_updates:{bot.pk}",
+                    {"type": "fill.created", "bot_id": bot.pk, "order_id": order.pk,
+                     "fill": fill_json(fill)},
+                )  # fmt: skip
+            if status in TERMINAL and filled > 0:
+                self._book(bot, order)
+            return status
+
+    def _new_fills(self, order: Order, answer: Answer) -> list[Fill]:
+        known = set(order.fills.values_list("exchange_trade_id", flat=True))
+        trades = answer.trades
+        if not trades and answer.order.get("filled") and not known:
+            # No trade list: one fill from the order's totals.
+            data = answer.order
+            trades = [{"id": "", "timestamp": data.get("lastTradeTimestamp") or data.get(
+                "timestamp"), "amount": data["filled"], "price": data.get("average"),
+                "fee": data.get("fee")}]  # fmt: skip
+        created = []
+        for trade in trades:
+            trade_id = str(trade.get("id") or "")
+            if trade_id in known or not trade.get("amount"):
+                continue
+            known.add(trade_id)
+            stamp = trade.get("timestamp") or datetime_to_ms(timezone.now())
+            fill = Fill.objects.create(
+                order=order, bot_id=order.bot_id, time=ms_to_datetime(int(stamp)),
+                side=order.side, quantity=to_decimal(float(trade["amount"])),
+                price=to_decimal(float(trade["price"])),
+                fee=to_decimal(self._fee_in_quote(trade)), exchange_trade_id=trade_id,
+            )  # fmt: skip
+            created.append(fill)
+        return created
+
+    def _fee_in_quote(self, trade: dict[str, Any]) -> float:
+        fee = trade.get("fee") or {}
+        cost = float(fee.get("cost") or 0.0)
+        base, _, quote = self.symbol.partition("/")
+        currency = fee.get("currency")
+        if currency == base:
+            return cost * float(trade["price"])
+        # Another currency (an exchange token such as BNB) has no price here: not counted.
+        return cost if currency in (None, quote.split(":")[0]) else 0.0
+
+    def _book(self, bot: Bot, order: Order) -> None:
+        """Move the bot's ledger by a finished order's fills, as ``bots.paper`` would."""
+        book = paper.PaperBook.from_dict(bot.paper_book or {"cash": float(bot.capital)})
+        fills = list(order.fills.order_by("time", "id"))
+        units = sum(float(f.quantity) for f in fills)
+        cost = sum(float(f.quantity) * float(f.price) for f in fills)
+        fee = sum(float(f.fee) for f in fills)
+        last_ms = datetime_to_ms(fills[-1].time)
+        price = cost / units
+        if order.side == Order.Side.BUY:
+            committed = cost + fee
+            book.cash -= committed
+            # Added to a position already held (an adopted order): the average entry.
+            total = book.units + units
+            book.entry_price = (book.units * book.entry_price + cost) / total
+            book.units = total
+            book.entry_fee += fee
+            book.committed += committed
+            book.extreme = max(book.extreme, price)
+            book.entry_ms = book.entry_ms or last_ms
+        else:
+            units = min(units, book.units) if book.long else units
+            book.cash += cost - fee
+            if book.long:
+                share = units / book.units
+                fees = book.entry_fee * share + fee
+                pnl = units * (price - book.entry_price) - fees
+                closed = paper.ClosedTrade(
+                    entry_ms=book.entry_ms, exit_ms=last_ms, units=units,
+                    entry_price=book.entry_price, exit_price=price, fees=fees, pnl=pnl,
+                    ret=pnl / (book.committed * share), reason=order.reason,
+                )  # fmt: skip
+                record_trade(order, closed)
+                book.units -= units
+                book.entry_fee -= book.entry_fee * share
+                book.committed -= book.committed * share
+                if book.units <= 1e-12:
+                    book = paper.PaperBook(cash=book.cash)
+        bot.paper_book = book.to_dict()
+        bot.cash = to_decimal(book.cash)
+        bot.equity = to_decimal(book.equity(price))
+        bot.save(update_fields=["paper_book", "cash", "equity", "updated_at"])
+        unrealized = book.units * (price - book.entry_price) - book.entry_fee if book.long else 0
+        Position.objects.update_or_create(
+            bot=bot,
+            defaults={
+                "quantity": to_decimal(book.units),
+                "entry_price": to_decimal(book.entry_price) if book.long else None,
+                "entry_time": ms_to_datetime(book.entry_ms) if book.long else None,
+                "mark_price": to_decimal(price),
+                "unrealized_pnl": to_decimal(unrealized),
+            },
+        )
+        publish_on_commit(
+            f"trade_updates:{bot.pk}",
+            {"type": "portfolio.updated", "bot_id": bot.pk, "time_ms": last_ms,
+             "cash": book.cash, "equity": book.equity(price), "position": book.units,
+             "entry_price": book.entry_price if book.long else None, "mark_price": price},
+        )  # fmt: skip
+
+    # --- exchange queries -------------------------------------------------------------------
+    def lookup(self, order: Order) -> Answer | None:
+        """The exchange's view of ``order`` by its client id, with its trades; None when the
+        exchange does not know it."""
+        try:
+            data = self.client.fetch_order(
+                None, self.symbol, {"origClientOrderId": order.client_order_id}
+            )
+        except ccxt.OrderNotFound:
+            return None
+        return Answer(data, self.trades_of(data))
+
+    def trades_of(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        if not data.get("filled"):
+            return []
+        return self.client.fetch_my_trades(self.symbol, params={"orderId": data["id"]})
+
+    def cancel(self, order: Order) -> Order:
+        if order.status not in Order.ACTIVE:
+            return order
+        try:
+            data = self.client.cancel_order(
+                None, self.symbol, {"origClientOrderId": order.client_order_id}
+            )
+            self.apply(order.pk, Answer(data, self.trades_of(data)))
+        except ccxt.OrderNotFound:
+            # Not open there: it filled or ended already, or it never arrived.
+            try:
+                answer = self.lookup(order)
+            except ccxt.BaseError as exc:
+                self._note(order, f"cancel: {self.error_text(exc)}")
+                return order
+            if answer is not None:
+                self.apply(order.pk, answer)
+            else:
+                self.mark(order.pk, Order.Status.CANCELLED, "cancelled: not on the exchange")
+        except ccxt.BaseError as exc:
+            # Still active: reconciliation settles it.
+            self._note(order, f"cancel failed: {self.error_text(exc)}")
+        order.refresh_from_db()
+        return order
+
+    def _note(self, order: Order, error: str) -> None:
+        Order.objects.filter(pk=order.pk).update(error=error, updated_at=timezone.now())
+
+    def reconcile(self, bot: Bot) -> None:
+        """The reconciliation at start: the bot trades only once it succeeds (a failure is
+        recorded; the beat schedule tries again)."""
+        from bots.reconcile import reconcile_bot
+
+        bot.reconciled_at = None
+        bot.save(update_fields=["reconciled_at", "updated_at"])
+        reconcile_bot(bot, broker=self)
+
+
+def _signal_not_executed(order_id: int, reason: str) -> None:
+    """The decision log of an order the live broker refused to send."""
+    for row in Signal.objects.filter(orders__pk=order_id):
+        row.executed = False
+        row.no_order_reason = f"live order not sent: {reason}"
+        row.risk_checks = [*row.risk_checks, {"name": "live_ready", "passed": False,
+                                              "detail": reason}]  # fmt: skip
+        row.save(update_fields=["executed", "no_order_reason", "risk_checks"])
