@@ -708,7 +708,7 @@ def bollinger_reentry_signals_nb(close: np.ndarray, n: int, k: float) -> np.ndar
 
 
 @njit(cache=True, nogil=True)
-def donchian_breakout_signals_nb(
+def donchian_breakout_signals_nb(  # noqa: PLR0915 (numba: one kernel, no helpers in the loop)
     high: np.ndarray, low: np.ndarray, close: np.ndarray, n: int
 ) -> np.ndarray:
     """``breakout_signals_nb(close, upper, lower)`` of ``donchian(high, low, n)`` in one pass
@@ -743,14 +743,18 @@ def donchian_breakout_signals_nb(
     tail_lo = np.empty(n + 1)
     tail_hi[n] = -np.inf
     tail_lo[n] = np.inf
-    # The channel of the bars ending at j decides bar j + 1; j runs over 0..size - 2.
+    # The channel of the bars ending at j decides bar j + 1; j runs over 0..size - 2. Slices,
+    # not offset indexing, so numba needs no negative-index handling in the loops.
     for a in range(0, size - 1, n):
         e = min(a + n, size - 1)
+        m = e - a
+        block_hi = high[a:e]
+        block_lo = low[a:e]
         up = -np.inf
         down = np.inf
-        for t in range(e - a):
-            up = high[a + t] if high[a + t] > up else up
-            down = low[a + t] if low[a + t] < down else down
+        for t in range(m):
+            up = max(up, block_hi[t])
+            down = min(down, block_lo[t])
             head_hi[t] = up
             head_lo[t] = down
         if a == 0:
@@ -758,22 +762,24 @@ def donchian_breakout_signals_nb(
                 buy = np.int8(close[n] > head_hi[n - 1])
                 sell = np.int8(close[n] < head_lo[n - 1])
                 out[n] = buy - sell * (1 - buy)
-        else:
-            up = -np.inf
-            down = np.inf
-            for t in range(n - 1, -1, -1):
-                up = high[a - n + t] if high[a - n + t] > up else up
-                down = low[a - n + t] if low[a - n + t] < down else down
-                tail_hi[t] = up
-                tail_lo[t] = down
-            nxt = close[a + 1 : e + 1]
-            block_out = out[a + 1 : e + 1]
-            for t in range(e - a):
-                hi = tail_hi[t + 1]
-                hi = head_hi[t] if head_hi[t] > hi else hi
-                lo = tail_lo[t + 1]
-                lo = head_lo[t] if head_lo[t] < lo else lo
-                buy = np.int8(nxt[t] > hi)
-                sell = np.int8(nxt[t] < lo)
-                block_out[t] = buy - sell * (1 - buy)
+            continue
+        before_hi = high[a - n : a]
+        before_lo = low[a - n : a]
+        up = -np.inf
+        down = np.inf
+        for t in range(n - 1, -1, -1):
+            up = max(up, before_hi[t])
+            down = min(down, before_lo[t])
+            tail_hi[t] = up
+            tail_lo[t] = down
+        nxt = close[a + 1 : e + 1]
+        block_out = out[a + 1 : e + 1]
+        later_hi = tail_hi[1:]
+        later_lo = tail_lo[1:]
+        for t in range(m):
+            hi = max(later_hi[t], head_hi[t])
+            lo = min(later_lo[t], head_lo[t])
+            buy = np.int8(nxt[t] > hi)
+            sell = np.int8(nxt[t] < lo)
+            block_out[t] = buy - sell * (1 - buy)
     return out
