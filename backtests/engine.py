@@ -423,6 +423,8 @@ def simulate_nb(  # noqa: PLR0912, PLR0915, PLR0917
     take_profit: float,
     trailing_stop: float,
     close_at_end: bool,
+    equity: np.ndarray,
+    position: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Simulate trading ``signals`` on one batch of bars, continuing from ``state``.
 
@@ -431,7 +433,9 @@ def simulate_nb(  # noqa: PLR0912, PLR0915, PLR0917
     ``offset`` the global position of the batch's first bar (trade records carry global bar
     positions); ``fee``, ``slippage``, ``size`` fractions; ``stop_loss``, ``take_profit``,
     ``trailing_stop`` fractions or NaN for none. The conventions are the module docstring's.
-    No input is validated here (``simulate`` does it).
+    No input is validated here (``simulate`` does it). ``equity`` (float64) and ``position``
+    (int8), one per bar, receive the outputs: allocated by numpy (which reuses memory) rather
+    than here (fresh pages, ~1.5 ms per 8 MB).
 
     Returns ``(equity float64[n], position int8[n], rec_i int64[k, 2] (entry_bar, exit_bar),
     rec_s int8[k, 2] (side, reason), rec_f float64[k, 6] (units, entry_price, exit_price, fees,
@@ -447,8 +451,6 @@ def simulate_nb(  # noqa: PLR0912, PLR0915, PLR0917
     rec_i = np.empty((cap, 2), dtype=np.int64)
     rec_s = np.empty((cap, 2), dtype=np.int8)
     rec_f = np.empty((cap, _R_FLOATS), dtype=np.float64)
-    equity = np.empty(n, dtype=np.float64)
-    position = np.empty(n, dtype=np.int8)
     has_stops = not (math.isnan(stop_loss) and math.isnan(take_profit))
     has_stops = has_stops or not math.isnan(trailing_stop)
 
@@ -707,8 +709,9 @@ def simulate(
         if state.shape != (STATE_SIZE,):
             raise ValueError(f"state must have shape ({STATE_SIZE},), got {state.shape}")
     equity, position, rec_i, rec_s, rec_f, state_out = simulate_nb(
-        arrays[0], arrays[1], arrays[2], close, sig, state, int(offset), *opts.kernel_args()
-    )
+        arrays[0], arrays[1], arrays[2], close, sig, state, int(offset), *opts.kernel_args(),
+        np.empty(n, dtype=np.float64), np.empty(n, dtype=np.int8),
+    )  # fmt: skip
     trades = TradeRecords(
         entry_bar=rec_i[:, 0].copy(),
         exit_bar=rec_i[:, 1].copy(),
