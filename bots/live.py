@@ -17,6 +17,17 @@ exchange account of a ccxt exchange. The order path, crash-safe at every step:
    (``Bot.reconciled_at``), nor while an earlier order of it is unsettled; such an order is
    ``rejected`` without being sent, and its signal's decision log says why.
 
+Stops (``CcxtBroker.on_candle``): on each closed candle, while the bot's ledger holds a position,
+the stop-loss, take-profit and trailing stop are checked against the candle's high and low by
+the paper broker's own rule (``paper.stop_exit``: the stop first when both could trigger), and
+the trailing extreme takes in the high when none triggers. A triggered level becomes a market
+sell of the whole position through the path above (its ``client_order_id`` carries the reason:
+``tb{bot}-{close ms}-ssl``/``-sts``/``-stp``), recorded as it fills: at the exchange's price,
+not at the level, with the exit reason on the ``Trade``. A candle seen again finds its exit
+already placed and sends nothing. While an earlier order is unsettled (or before the first
+reconciliation) the exit is not sent: a ``stop_deferred`` ``BotEvent`` (and a ``stop.deferred``
+event) records it once per candle, and the next candle decides again on the settled ledger.
+
 The bot's ``paper_book`` is its ledger in live mode too: the allocated capital as cash, the
 position as the exchange filled it. It sizes entries exactly as in paper mode.
 
@@ -39,8 +50,15 @@ from django.db import transaction
 from django.utils import timezone
 
 from bots import paper
-from bots.brokers import Broker, BrokerError, announce_order, fill_json, record_trade
-from bots.models import Bot, ExchangeAccount, Fill, Order, Position, Signal
+from bots.brokers import (
+    Broker,
+    BrokerError,
+    CandleResult,
+    announce_order,
+    fill_json,
+    record_trade,
+)
+from bots.models import Bot, BotEvent, ExchangeAccount, Fill, Order, Position, Signal
 from marketdata.models import Exchange
 from marketdata.providers.ccxt_provider import _merge, rewrite_api_urls
 from marketdata.services import datetime_to_ms, ms_to_datetime, to_decimal
@@ -206,12 +224,13 @@ class CcxtBroker(Broker):
         transaction.on_commit(lambda: self.send(order.pk))
         return order
 
-    def _refusal(self, order: Order) -> str | None:
+    def _refusal(self, order: Order | None) -> str | None:
+        """Why an order (``order``, or one about to be written) may not be sent now, or None."""
         if self.bot.reconciled_at is None:
             return "the live bot has not reconciled with the exchange since it started"
         earlier = (
             Order.objects.filter(bot_id=self.bot.pk, status__in=Order.ACTIVE)
-            .exclude(pk=order.pk).order_by("id").first()
+            .exclude(pk=None if order is None else order.pk).order_by("id").first()
         )  # fmt: skip
         if earlier is not None:
             return f"order {earlier.client_order_id} is still {earlier.status}"
@@ -257,6 +276,60 @@ class CcxtBroker(Broker):
             amount = float(client.amount_to_precision(self.symbol, float(order.quantity)))
             data = client.create_order(self.symbol, "market", "sell", amount, None, params)
         return Answer(data, list(data.get("trades") or []))
+
+    # --- stops ------------------------------------------------------------------------------
+    def on_candle(
+        self, bot: Bot, book: paper.PaperBook, *, time_ms: int, candle: tuple[float, ...]
+    ) -> CandleResult:
+        """The stops of a closed candle (the module docstring), inside the caller's
+        transaction, ``book`` being the bot's ledger as locked there. An exit is only placed
+        here: its fill, book and trade follow from the exchange's answer after commit, so the
+        result is always empty."""
+        open_, high, low, _close = candle
+        stop = paper.stop_exit(
+            book, open_, high, low, stop_loss=bot.stop_loss, take_profit=bot.take_profit,
+            trailing_stop=bot.trailing_stop,
+        )  # fmt: skip
+        if stop is None:
+            paper.take_in_high(book, high)
+            return CandleResult()
+        reason, level = stop
+        client_order_id = Order.make_client_order_id(bot.pk, time_ms, "sell", reason)
+        if Order.objects.filter(client_order_id=client_order_id).exists():
+            return CandleResult()  # this candle's exit is placed already (a candle seen again)
+        refusal = self._refusal(None)
+        if refusal is not None:
+            self._defer_stop(bot, reason, level, time_ms, refusal)
+            return CandleResult()
+        order = Order(
+            bot=bot, client_order_id=client_order_id, side=Order.Side.SELL,
+            type=Order.Type.TAKE_PROFIT if reason == "take_profit" else Order.Type.STOP,
+            reason=reason, time=ms_to_datetime(time_ms), quantity=to_decimal(book.units),
+        )  # fmt: skip
+        order.save(force_insert=True)
+        logger.info(
+            "bot %s: %s at %s in the candle closing at %s: market exit %s",
+            bot.pk, reason, level, time_ms, client_order_id,
+        )  # fmt: skip
+        self.submit(order)
+        return CandleResult()
+
+    def _defer_stop(self, bot: Bot, reason: str, level: float, time_ms: int, why: str) -> None:
+        """Record (once per candle) a triggered exit that is not sent now."""
+        if BotEvent.objects.filter(
+            bot_id=bot.pk, kind=BotEvent.Kind.STOP_DEFERRED, data__time_ms=time_ms
+        ).exists():
+            return
+        message = f"{reason} triggered at {level:.8g}, exit not sent: {why}"
+        data = {"reason": reason, "level": level, "time_ms": time_ms, "why": why}
+        BotEvent.objects.create(
+            bot_id=bot.pk, kind=BotEvent.Kind.STOP_DEFERRED, message=message, data=data
+        )
+        logger.warning("bot %s: %s", bot.pk, message)
+        publish_on_commit(
+            f"trade_updates:{bot.pk}",
+            {"type": "stop.deferred", "bot_id": bot.pk, "message": message, **data},
+        )
 
     # --- recording --------------------------------------------------------------------------
     def mark(self, order_id: int, status: str, error: str) -> None:
@@ -352,7 +425,8 @@ class CcxtBroker(Broker):
         cost = sum(float(f.quantity) * float(f.price) for f in fills)
         fee = sum(float(f.fee) for f in fills)
         last_ms = datetime_to_ms(fills[-1].time)
-        price = cost / units
+        # The average fill price, in decimals: one fill's price exactly as the exchange gave it.
+        price = float(sum(f.quantity * f.price for f in fills) / sum(f.quantity for f in fills))
         if order.side == Order.Side.BUY:
             committed = cost + fee
             book.cash -= committed
@@ -377,6 +451,13 @@ class CcxtBroker(Broker):
                     ret=pnl / (book.committed * share), reason=order.reason,
                 )  # fmt: skip
                 record_trade(order, closed)
+                if pnl < 0 and bot.cooldown_candles:
+                    # The paper path's rule, at the time the loss is known (after the fill):
+                    # no entry for ``cooldown_candles`` candles.
+                    bot.risk_state = {
+                        **(bot.risk_state or {}),
+                        "cooldown_left": bot.cooldown_candles,
+                    }
                 book.units -= units
                 book.entry_fee -= book.entry_fee * share
                 book.committed -= book.committed * share
@@ -385,7 +466,7 @@ class CcxtBroker(Broker):
         bot.paper_book = book.to_dict()
         bot.cash = to_decimal(book.cash)
         bot.equity = to_decimal(book.equity(price))
-        bot.save(update_fields=["paper_book", "cash", "equity", "updated_at"])
+        bot.save(update_fields=["paper_book", "risk_state", "cash", "equity", "updated_at"])
         unrealized = book.units * (price - book.entry_price) - book.entry_fee if book.long else 0
         Position.objects.update_or_create(
             bot=bot,

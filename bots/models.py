@@ -382,6 +382,7 @@ class BotEvent(models.Model):
         STATE_UPDATED = "state_updated", "State updated"
         RECONCILED = "reconciled", "Reconciled with the exchange"
         RECONCILE_FAILED = "reconcile_failed", "Reconciliation failed"
+        STOP_DEFERRED = "stop_deferred", "Stop exit not sent (an order is unsettled)"
 
     bot = models.ForeignKey(Bot, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=16, choices=Kind.choices)

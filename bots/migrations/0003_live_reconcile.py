@@ -1,5 +1,6 @@
-"""Reconciliation of live bots: its BotEvent kinds, and the beat schedule (every minute, a row
-in django-celery-beat, editable in the admin) that runs ``bots.reconcile``."""
+"""Reconciliation of live bots: its BotEvent kinds (with the live stops' ``stop_deferred``), and
+the beat schedule (every minute, a row in django-celery-beat, editable in the admin) that runs
+``bots.reconcile``."""
 
 from django.db import migrations, models
 
@@ -49,6 +50,7 @@ class Migration(migrations.Migration):
                     ("state_updated", "State updated"),
                     ("reconciled", "Reconciled with the exchange"),
                     ("reconcile_failed", "Reconciliation failed"),
+                    ("stop_deferred", "Stop exit not sent (an order is unsettled)"),
                 ],
                 max_length=16,
             ),

@@ -8,7 +8,7 @@ from typing import Any
 from bots import services
 from bots.models import Bot, ExchangeAccount, Signal
 from marketdata.models import Exchange, Instrument
-from marketdata.services import instrument_ensure, ms_to_datetime
+from marketdata.services import candles_upsert, instrument_ensure, ms_to_datetime
 from strategies.base import Signal as StrategySignal
 from tests.bots.support import MINUTE, START_MS, make_bot
 from tests.exchange_server import FakeBinance
@@ -50,3 +50,18 @@ def decide(bot: Bot, action: str, minute: int, price: float = 30_000.0) -> Signa
         strength=1.0 if action != "HOLD" else 0.0, reason="test",
     )  # fmt: skip
     return services.bot_process_signal(bot_id=bot.pk, signal=signal)
+
+
+def close_candle(bot: Bot, minute: int, ohlc: tuple[float, float, float, float]) -> dict[str, int]:
+    """Store the 1m candle closing ``minute`` minutes after START_MS (prices rounded to cents)
+    and process it as the collector's task does (``services.process_candle``)."""
+    close_ms = START_MS + minute * MINUTE
+    open_, high, low, close = (round(v, 2) for v in ohlc)
+    candles_upsert(
+        instrument_id=bot.instrument_id, timeframe="1m",
+        candles=[{"timestamp": close_ms, "open": open_, "high": high, "low": low,
+                  "close": close, "volume": 1.0, "trades": 1}],
+    )  # fmt: skip
+    return services.process_candle(
+        instrument_id=bot.instrument_id, timeframe="1m", close_ms=close_ms
+    )

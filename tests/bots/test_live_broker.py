@@ -9,18 +9,20 @@ import json
 import logging
 from collections.abc import Iterator
 from datetime import timedelta
+from decimal import Decimal
 
 import ccxt
 import pytest
 from django.apps import apps as django_apps
+from django.db import transaction
 from django_celery_beat.models import PeriodicTask
 
-from bots import services
+from bots import paper, services
 from bots.brokers import BrokerError, broker_for
 from bots.live import CcxtBroker
 from bots.models import Bot, BotEvent, ExchangeAccount, Fill, Order, Position, Trade
 from bots.reconcile import reconcile_all, reconcile_bot
-from tests.bots.live_support import KEY, SECRET, TIMEOUT_MS, decide, live_bot
+from tests.bots.live_support import KEY, SECRET, TIMEOUT_MS, close_candle, decide, live_bot
 from tests.bots.support import MINUTE, START_MS
 from tests.exchange_server import FakeBinance
 from tradeapp.redis_client import get_redis
@@ -290,3 +292,193 @@ def test_reconciliation_runs_every_minute_on_the_bots_queue():
     migration.create_schedule(django_apps, None)
     task = PeriodicTask.objects.get(task="bots.reconcile")
     assert (task.queue, task.interval.every, task.interval.period) == ("bots", 1, "minutes")
+
+
+# --- stops ---------------------------------------------------------------------------------
+
+
+def entered(user, server, **risk) -> tuple[Bot, Order, float]:
+    """A started live bot holding the position its BUY on minute 1 bought on the exchange."""
+    bot = live_bot(user, server, **risk)
+    assert services.bot_start(bot_id=bot.pk)
+    decide(bot, "BUY", 1)
+    buy = Order.objects.get(bot=bot)
+    assert buy.status == Order.Status.FILLED, buy.error
+    bot.refresh_from_db()
+    return bot, buy, bot.paper_book["entry_price"]
+
+
+def scaled(entry: float, ohlc: tuple[float, ...]) -> tuple[float, float, float, float]:
+    """A candle as multiples of the entry price, in cents (as ``close_candle`` stores it)."""
+    open_, high, low, close = (round(entry * v, 2) for v in ohlc)
+    return open_, high, low, close
+
+
+# (risk settings, candles after the entry as multiples of the entry price (the last one
+# triggers), exit reason, trigger level as a multiple of the entry price)
+STOP_CASES = {
+    "stop_loss": ({"stop_loss": 0.02}, [(1.0, 1.001, 0.97, 0.99)], "stop_loss", 0.98),
+    "take_profit": ({"take_profit": 0.03}, [(1.0, 1.04, 0.999, 1.01)], "take_profit", 1.03),
+    "trailing_stop": (
+        {"stop_loss": 0.10, "trailing_stop": 0.03},
+        [(1.0, 1.05, 0.999, 1.04), (1.04, 1.041, 1.0, 1.01)],
+        "trailing_stop",
+        1.05 * 0.97,
+    ),
+    # Both levels inside one candle: the stop first, as the paper broker and the backtester.
+    "stop_before_target": (
+        {"stop_loss": 0.02, "take_profit": 0.03},
+        [(1.0, 1.04, 0.97, 1.0)],
+        "stop_loss",
+        0.98,
+    ),
+}
+CODES = {"stop_loss": "sl", "trailing_stop": "ts", "take_profit": "tp"}
+
+
+@pytest.mark.parametrize("case", list(STOP_CASES))
+def test_a_triggered_level_sends_one_market_exit_recorded_at_the_exchange_price(
+    user, server, live, case
+):
+    risk, candles, reason, level = STOP_CASES[case]
+    bot, buy, entry = entered(user, server, **risk)
+    *before, trigger = candles
+    for minute, ohlc in enumerate(before, start=2):
+        close_candle(bot, minute, scaled(entry, ohlc))
+        assert server.order_posts == 1 and not Order.objects.filter(bot=bot, side="sell")
+        bot.refresh_from_db()
+        # No level reached: the trailing extreme took in the candle's high.
+        assert bot.paper_book["extreme"] == scaled(entry, ohlc)[1]
+    minute = 2 + len(before)
+    close_ms = START_MS + minute * MINUTE
+    close_candle(bot, minute, scaled(entry, trigger))
+
+    exit_order = Order.objects.get(bot=bot, side="sell")
+    assert exit_order.client_order_id == f"tb{bot.pk}-{close_ms}-s{CODES[reason]}"
+    assert exit_order.status == Order.Status.FILLED, exit_order.error
+    assert exit_order.reason == reason and exit_order.signal_id is None
+    assert server.order_posts == 2
+    (on_exchange,) = [o for o in server.orders(KEY) if o["side"] == "SELL"]
+    assert on_exchange["clientOrderId"] == exit_order.client_order_id
+    assert on_exchange["type"] == "MARKET" and on_exchange["status"] == "FILLED"
+    assert on_exchange["origQty"] == f"{buy.filled_quantity:.8f}"
+    assert server.balance(KEY)["BTC"] == 0
+    # Filled at the market, not at the level: the exchange's price is what is recorded.
+    market = float(
+        Decimal(on_exchange["cummulativeQuoteQty"]) / Decimal(on_exchange["executedQty"])
+    )
+    (fill,) = exit_order.fills.all()
+    assert float(fill.price) == market == float(exit_order.price)
+    (trade,) = Trade.objects.filter(bot=bot)
+    assert (trade.entry_order, trade.exit_order, trade.exit_reason) == (buy, exit_order, reason)
+    assert float(trade.exit_price) == market
+    assert abs(market - level * entry) > 0.005 * entry
+    bot.refresh_from_db()
+    assert bot.paper_book["units"] == 0.0 and Position.objects.get(bot=bot).quantity == 0
+    usdt_change = float(server.balance(KEY)["USDT"]) - START_USDT
+    assert float(bot.cash) - 10_000 == pytest.approx(usdt_change, abs=1e-6)
+
+    # The candle delivered again (the task redelivered): nothing more reaches the exchange.
+    services.process_candle(instrument_id=bot.instrument_id, timeframe="1m", close_ms=close_ms)
+    assert server.order_posts == 2 and Order.objects.filter(bot=bot).count() == 2
+
+
+def test_a_candle_seen_again_does_not_place_its_exit_twice(user, server, live):
+    bot, _buy, entry = entered(user, server, stop_loss=0.02)
+    ledger = paper.PaperBook.from_dict(bot.paper_book)  # the position, before any exit
+    candle = scaled(entry, (1.0, 1.001, 0.97, 0.99))
+    close_candle(bot, 2, candle)
+    assert server.order_posts == 2
+    assert Order.objects.get(bot=bot, reason="stop_loss").status == Order.Status.FILLED
+    # The same candle before the broker again, with the ledger as it was before the exit (a run
+    # that read it earlier): the candle's exit exists, nothing is written or sent.
+    with transaction.atomic():
+        locked = Bot.objects.select_for_update().get(pk=bot.pk)
+        result = CcxtBroker(locked).on_candle(
+            locked, ledger, time_ms=START_MS + 2 * MINUTE, candle=candle
+        )
+    assert (result.fills, result.trades) == ([], [])
+    assert server.order_posts == 2 and Order.objects.filter(bot=bot).count() == 2
+    assert Trade.objects.filter(bot=bot).count() == 1
+
+
+def test_a_stop_is_not_sent_while_an_earlier_order_is_unknown(user, server, live):
+    bot, _buy, entry = entered(user, server, stop_loss=0.02)
+    # The SELL signal's answer is lost: the exchange sold, the ledger cannot tell yet.
+    server.drop_next_order_response(mode="close")
+    decide(bot, "SELL", 2)
+    sell = Order.objects.get(bot=bot, side="sell")
+    assert sell.status == Order.Status.UNKNOWN
+    bot.refresh_from_db()
+    assert bot.paper_book["units"] > 0 and server.balance(KEY)["BTC"] == 0
+
+    pubsub = get_redis().pubsub()
+    pubsub.subscribe(f"trade_updates:{bot.pk}")
+    stop_candle = scaled(entry, (1.0, 1.001, 0.97, 0.99))
+    close_candle(bot, 3, stop_candle)
+    # Selling again would have sold what the account no longer holds: nothing is sent.
+    assert server.order_posts == 2
+    assert not Order.objects.filter(bot=bot, reason="stop_loss").exists()
+    (deferred,) = events(bot, "stop_deferred")
+    assert deferred.data["reason"] == "stop_loss"
+    assert deferred.data["time_ms"] == START_MS + 3 * MINUTE
+    assert deferred.data["level"] == pytest.approx(entry * 0.98)
+    assert f"order {sell.client_order_id} is still unknown" in deferred.message
+    recorded = deferred.message + json.dumps(deferred.data)
+    assert KEY not in recorded and SECRET not in recorded
+    seen = []
+    while (message := pubsub.get_message(timeout=1.0)) is not None:
+        if message["type"] == "message":
+            seen.append(json.loads(message["data"]))
+    pubsub.close()
+    (published,) = [e for e in seen if e["type"] == "stop.deferred"]
+    assert published["reason"] == "stop_loss" and published["message"] == deferred.message
+
+    # Reconciliation finds the SELL filled: the position was closed by it, once.
+    assert reconcile_bot(bot).settled == 1
+    sell.refresh_from_db()
+    assert sell.status == Order.Status.FILLED
+    (trade,) = Trade.objects.filter(bot=bot)
+    assert trade.exit_reason == "signal" and trade.exit_order == sell
+    bot.refresh_from_db()
+    assert bot.paper_book["units"] == 0.0
+    # The next candle below the old level finds the ledger flat: no exit, no new deferral.
+    close_candle(bot, 4, stop_candle)
+    assert server.order_posts == 2 and len(events(bot, "stop_deferred")) == 1
+    assert Order.objects.filter(bot=bot).count() == 2
+
+
+def test_a_deferred_stop_is_decided_again_on_the_next_candle(user, server, live):
+    bot, _buy, entry = entered(user, server, stop_loss=0.02)
+    # An unsettled order that never reached the exchange (sent while it was down).
+    server.go_down()
+    decide(bot, "SELL", 2)
+    sell = Order.objects.get(bot=bot, side="sell")
+    assert sell.status == Order.Status.UNKNOWN
+    server.come_up()
+    stop_candle = scaled(entry, (1.0, 1.001, 0.97, 0.99))
+    close_candle(bot, 3, stop_candle)
+    assert len(events(bot, "stop_deferred")) == 1 and server.order_posts == 1
+    # It never reached the exchange: after the grace period it is settled as not sent.
+    assert reconcile_bot(bot, grace=timedelta(0)).settled == 1
+    assert Order.objects.get(pk=sell.pk).status == Order.Status.REJECTED
+    # The next candle still below the stop: the exit goes out now, once.
+    close_candle(bot, 4, stop_candle)
+    exit_order = Order.objects.get(bot=bot, reason="stop_loss")
+    assert exit_order.client_order_id == f"tb{bot.pk}-{START_MS + 4 * MINUTE}-ssl"
+    assert exit_order.status == Order.Status.FILLED, exit_order.error
+    assert server.order_posts == 2 and server.balance(KEY)["BTC"] == 0
+    assert Trade.objects.get(bot=bot).exit_reason == "stop_loss"
+
+
+def test_a_live_loss_starts_the_cooldown_and_the_next_entry_waits(user, server, live):
+    bot, _buy, entry = entered(user, server, stop_loss=0.02, cooldown_candles=3)
+    close_candle(bot, 2, scaled(entry, (1.0, 1.001, 0.97, 0.99)))  # the stop exits at a loss
+    (trade,) = Trade.objects.filter(bot=bot)
+    assert trade.exit_reason == "stop_loss" and float(trade.pnl) < 0
+    bot.refresh_from_db()
+    assert bot.risk_state["cooldown_left"] == 3
+    signal = decide(bot, "BUY", 3)
+    assert not signal.executed
+    assert "cooling down" in signal.no_order_reason
+    assert server.order_posts == 2  # the entry and the stop exit, nothing more
