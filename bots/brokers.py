@@ -24,6 +24,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from django.db import connection, models
@@ -104,13 +105,48 @@ def rows_update(model: type[models.Model], objs: list[models.Model], fields: lis
     sets = ", ".join(f"{quote(field.column)} = %s" for field in columns)
     # Only the model's own quoted names are spliced in; every value is a parameter.
     sql = f"UPDATE {quote(meta.db_table)} SET {sets} WHERE {quote(meta.pk.column)} = %s"  # noqa: S608
+    decimal_fields = {field for field in columns if isinstance(field, models.DecimalField)}
+
+    def prep(field: models.Field, value: Any) -> Any:
+        # A finite Decimal is what DecimalField's preparation returns for one (a copy): the
+        # fast path skips its two to_python calls, the rest of a batch's write is the same.
+        if field in decimal_fields and type(value) is Decimal and value.is_finite():
+            return connection.ops.adapt_decimalfield_value(
+                value, field.max_digits, field.decimal_places
+            )
+        return field.get_db_prep_save(value, connection)
+
     params = [
-        [field.get_db_prep_save(getattr(obj, field.attname), connection) for field in columns]
-        + [obj.pk]
-        for obj in objs
+        [prep(field, getattr(obj, field.attname)) for field in columns] + [obj.pk] for obj in objs
     ]
+    if connection.vendor == "postgresql":
+        _rows_update_values(meta, columns, params)
+        return
     with connection.cursor() as cursor:
         cursor.executemany(sql, params)
+
+
+def _rows_update_values(meta: Any, columns: list[models.Field], params: list[list[Any]]) -> None:
+    """PostgreSQL: the same rows in one ``UPDATE ... FROM (VALUES ...)`` per chunk (one
+    statement instead of one per row: a fraction of the server's time). Each value is cast to
+    its column's type; only the model's own quoted names are spliced in."""
+    quote = connection.ops.quote_name
+    names = [f"c{i}" for i in range(len(columns))]
+    sets = ", ".join(
+        f"{quote(field.column)} = v.{name}::{field.cast_db_type(connection)}"
+        for field, name in zip(columns, names, strict=True)
+    )
+    pk = meta.pk
+    row = "(" + ", ".join(["%s"] * (len(columns) + 1)) + ")"
+    for at in range(0, len(params), 500):
+        chunk = params[at : at + 500]
+        sql = (
+            f"UPDATE {quote(meta.db_table)} AS t SET {sets} "  # noqa: S608
+            f"FROM (VALUES {', '.join([row] * len(chunk))}) AS v({', '.join([*names, 'pk'])}) "
+            f"WHERE t.{quote(pk.column)} = v.pk::{pk.cast_db_type(connection)}"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [value for values in chunk for value in values])
 
 
 @dataclass

@@ -19,7 +19,7 @@ time of the candle it happened in (as the engine's trades are).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 __all__ = ["ClosedTrade", "PaperBook", "PaperFill", "buy", "sell", "stop_exit", "take_in_high"]
 
@@ -51,8 +51,9 @@ class PaperBook:
         return self.cash + side * self.units * close
 
     def to_dict(self) -> dict:
-        """JSON-native; floats survive a JSON round trip exactly (shortest repr)."""
-        return asdict(self)
+        """JSON-native; floats survive a JSON round trip exactly (shortest repr). (``asdict``'s
+        result, without its recursive copy: every field is a plain number.)"""
+        return {name: getattr(self, name) for name in _BOOK_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict) -> PaperBook:
@@ -65,6 +66,9 @@ class PaperBook:
             extreme=float(data.get("extreme", 0.0)),
             entry_ms=int(data.get("entry_ms", 0)),
         )
+
+
+_BOOK_FIELDS = tuple(f.name for f in fields(PaperBook))
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -47,7 +47,18 @@ from bots.models import Bot, BotEvent, Order, Position, RiskBudget
 from bots.models import Signal as SignalRow
 from marketdata.models import Candle, Instrument
 from marketdata.services import datetime_to_ms, ms_to_datetime, to_decimal
-from strategies.base import OHLCV_COLUMNS, Action, BaseStrategy, Decision, Signal, ohlcv_arrays
+from strategies.base import (
+    OHLCV_COLUMNS,
+    Action,
+    BaseStrategy,
+    Decision,
+    OHLCVArrays,
+    OHLCVError,
+    Signal,
+    _unchecked,
+    ohlcv_arrays,
+    validate_ohlcv,
+)
 from strategies.registry import get_strategy
 from tradeapp.events import publish_many_on_commit, publish_on_commit
 
@@ -385,6 +396,56 @@ def catch_up_all() -> int:
     )
 
 
+class _Conversions:
+    """Memos of ``_Candles.load``'s per-value conversions (bounded: cleared when full)."""
+
+    LIMIT = 200_000
+
+    def __init__(self) -> None:
+        self._times: dict[Any, int] = {}
+        self._rounded: dict[float, float] = {}
+
+    def times(self, raw: list[Any]) -> list[int]:
+        """Stored close times as epoch microseconds (what the ``DateTimeField`` reads)."""
+        memo = self._times
+        if len(memo) > self.LIMIT:
+            memo.clear()
+        out = []
+        for value in raw:
+            found = memo.get(value)
+            if found is None:
+                when = value
+                convert = getattr(connection.ops, "convert_datetimefield_value", None)
+                if convert is not None:
+                    when = convert(value, None, connection)
+                if timezone.is_naive(when):
+                    when = timezone.make_aware(when, UTC)
+                delta = when - datetime(1970, 1, 1, tzinfo=UTC)
+                found = memo[value] = (
+                    delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds
+                )
+            out.append(found)
+        return out
+
+    def rounded(self, raw: list[float]) -> list[float]:
+        """``float(Decimal)`` of SQLite's Decimal converter: 15 significant digits."""
+        memo = self._rounded
+        if len(memo) > self.LIMIT:
+            memo.clear()
+        out = []
+        for value in raw:
+            found = memo.get(value)
+            if found is None:
+                found = float(f"{value:.15g}")
+                if value:  # not 0.0 == -0.0 (one key): each is its own rounding
+                    memo[value] = found
+            out.append(found)
+        return out
+
+
+_CONVERSIONS = _Conversions()
+
+
 @dataclass
 class _Candles:
     """One shared window of candles for every bot of a stream, as arrays."""
@@ -392,6 +453,10 @@ class _Candles:
     frame: pd.DataFrame
     times_ms: np.ndarray
     ohlc: np.ndarray  # shape (n, 4): open, high, low, close
+    # The five columns, once the whole window passed ``validate_ohlcv``: every configuration
+    # then decides on slices of them without checking the window again (None: it did not
+    # pass, and each configuration takes the checked path, which says what is wrong).
+    arrays: OHLCVArrays | None = None
 
     @classmethod
     def load(
@@ -405,25 +470,40 @@ class _Candles:
         if start is not None:
             qs = qs.filter(close_time__gte=start)
         names = ("open", "high", "low", "close", "volume")
-        rows = list(
+        qs = (
             qs.order_by("close_time")
             .annotate(**{f"{n}_f": Cast(n, FloatField()) for n in names})
             .values_list("close_time", *(f"{n}_f" for n in names))
         )
+        # The raw rows (no per-row converters), their values converted through memos: the
+        # conversions are pure functions of the stored values, and consecutive candles share
+        # all but one row of their windows.
+        sql, params = qs.query.sql_with_params()
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+        times = _CONVERSIONS.times([row[0] for row in rows])
         values = np.array([row[1:] for row in rows], dtype=np.float64).reshape(-1, 5)
         if connection.vendor == "sqlite":
             # The Decimal converter reads SQLite's REAL through 15 significant digits: the
             # same rounding, so these are exactly candles_frame's values.
-            values = np.array([float(f"{v:.15g}") for v in values.ravel()]).reshape(-1, 5)
+            values = np.array(_CONVERSIONS.rounded(values.ravel().tolist())).reshape(-1, 5)
         frame = pd.DataFrame(
             values,
-            index=pd.DatetimeIndex([row[0] for row in rows], tz="UTC", name="close_time"),
+            index=pd.DatetimeIndex(
+                np.array(times, dtype="datetime64[us]"), tz="UTC", name="close_time"
+            ),
             columns=list(names),
         )
+        try:
+            arrays = ohlcv_arrays(validate_ohlcv(frame))
+        except OHLCVError:
+            arrays = None
         return cls(
             frame=frame,
             times_ms=frame.index.as_unit("ms").asi8,
             ohlc=np.ascontiguousarray(values[:, :4]),
+            arrays=arrays,
         )
 
     def todo(self, last_processed_at: datetime | None, end_ms: int) -> np.ndarray:
@@ -475,9 +555,15 @@ class _Configuration:
         start = max(0, first - self.lookback + 1)
         frame = self.candles.frame.iloc[start : last + 1]
         params = self.strategy.parameters
-        self.signals = self.cls.generate_signals(frame, params)
-        self.indicators = self.cls.compute_indicators(frame, params)
-        self.arrays = ohlcv_arrays(frame)
+        if self.candles.arrays is None:
+            self.signals = self.cls.generate_signals(frame, params)
+            self.indicators = self.cls.compute_indicators(frame, params)
+            self.arrays = ohlcv_arrays(frame)
+        else:  # the window is validated once for all configurations; params are cleaned
+            self.arrays = OHLCVArrays(*(a[start : last + 1] for a in self.candles.arrays))
+            # process_data's own unchecked steps (a strategy's overrides included).
+            self.signals = _unchecked(self.cls, "generate_signals")(self.cls, frame, params)
+            self.indicators = _unchecked(self.cls, "compute_indicators")(self.cls, frame, params)
         self.index = frame.index
         self.start, self.stop = start, last + 1
         self.decided.clear()
@@ -538,8 +624,10 @@ def process_candle(
     every paper bot again one by one should the batch's transaction fail, take the per-bot path
     (``_process_bot``: ``process_data`` per candle, rows written as they happen)."""
     end = ms_to_datetime(close_ms)
+    # Only what picks the strategies and the window: each path locks and reads its bots again.
     bots = list(
         Bot.objects.running().filter(instrument_id=instrument_id, timeframe=timeframe)
+        .only("id", "strategy", "parameters", "mode", "last_processed_at")
         .order_by("pk")
     )  # fmt: skip
     totals = {"bots": 0, "candles": 0, "signals": 0, "orders": 0}
@@ -858,7 +946,13 @@ class _BatchState:
                     notional.setdefault(owner_id, {})[bot_id] = quantity * mark
         return cls(
             candles=candles, done=done, pending=pending, budgets=budgets,
-            positions={p.bot_id: p for p in Position.objects.filter(bot_id__in=ids)},
+            # Only the rows' ids: write() sets every written field (rows_update by pk).
+            positions={
+                bot_id: Position(pk=pk, bot_id=bot_id)
+                for pk, bot_id in Position.objects.filter(bot_id__in=ids).values_list(
+                    "pk", "bot_id"
+                )
+            },
             notional=notional, runs=[],
         )  # fmt: skip
 

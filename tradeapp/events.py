@@ -17,9 +17,12 @@ client that sees ``seq`` jump (or go back, after a Redis restart) reloads its sn
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 import re
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -66,6 +69,26 @@ redis.call('PUBLISH', KEYS[2], body)
 return seq
 """
 
+# _PUBLISH_LUA for many events in one call: KEYS are (sequence key, channel) pairs, ARGV the
+# bodies in the same order; returns the sequence numbers.
+_PUBLISH_MANY_LUA = """
+local seqs = {}
+for i = 1, #ARGV do
+  local seq = redis.call('INCR', KEYS[2 * i - 1])
+  local body = ARGV[i]
+  if body == '{}' then
+    body = '{"seq":' .. seq .. '}'
+  else
+    body = '{"seq":' .. seq .. ',' .. string.sub(body, 2)
+  end
+  redis.call('PUBLISH', KEYS[2 * i], body)
+  seqs[i] = seq
+end
+return seqs
+"""
+# Events per script call: Redis runs a script without serving others meanwhile.
+_PUBLISH_CHUNK = 200
+
 
 def validate_channel(channel: str) -> str:
     """Return ``channel`` if it is one of the user's channel names, else raise ``ValueError``."""
@@ -101,6 +124,12 @@ def current_seq(channel: str) -> int:
 
 
 def _encode(channel: str, payload: dict[str, Any]) -> str:
+    return _stamp(channel, _encode_parts(channel, payload), int(time.time() * 1000))
+
+
+def _encode_parts(channel: str, payload: dict[str, Any]) -> tuple[str, str]:
+    """The payload checked and encoded once: its ``type`` and its other fields as JSON, which
+    ``_stamp`` joins around ``ts`` and ``channel`` when the event leaves."""
     if not isinstance(payload, dict):
         raise TypeError(f"event payload must be a dict, not {type(payload).__name__}")
     event_type = payload.get("type")
@@ -109,12 +138,19 @@ def _encode(channel: str, payload: dict[str, Any]) -> str:
     reserved = RESERVED_KEYS & payload.keys()
     if reserved:
         raise ValueError(f"event payload may not set {sorted(reserved)}: publish() sets them")
-    event = {"type": event_type, "ts": int(time.time() * 1000), "channel": channel}
-    event.update(payload)
+    rest = {key: value for key, value in payload.items() if key != "type"}
     try:
-        return json.dumps(event, allow_nan=False, separators=(",", ":"))
+        return json.dumps(event_type), json.dumps(rest, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"event payload for {channel} is not JSON-serialisable: {exc}") from exc
+
+
+def _stamp(channel: str, parts: tuple[str, str], ts: int) -> str:
+    """``{"type", "ts", "channel", then the payload's other fields}`` as compact JSON: the
+    same text as ``json.dumps`` of that dict."""
+    event_type, rest = parts
+    head = f'{{"type":{event_type},"ts":{ts},"channel":{json.dumps(channel)}'
+    return f"{head}}}" if rest == "{}" else f"{head},{rest[1:]}"
 
 
 def _publish_redis(channel: str, body: str) -> dict[str, Any]:
@@ -130,9 +166,8 @@ def publish(channel: str, payload: dict[str, Any]) -> dict[str, Any]:
     """
     body = _encode(validate_channel(channel), payload)
     event = _publish_redis(channel, body)
-    async_to_sync(get_channel_layer().group_send)(
-        group_name(channel), {"type": GROUP_MESSAGE_TYPE, "event": event}
-    )
+    groups = [group_name(channel)]
+    _deliver(groups, [event], _memberships(groups))
     return event
 
 
@@ -148,53 +183,159 @@ async def apublish(channel: str, payload: dict[str, Any]) -> dict[str, Any]:
 
 def publish_many(events: Iterable[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """``publish`` for many events at once (a batch of bots): the same events in the same order,
-    with one Redis round trip for all of them and one for the Channels groups' memberships, so
-    that a thousand events cost milliseconds instead of a round trip (and an event loop) each.
-    Only groups with members are sent to: ``group_send`` to an empty group does nothing."""
-    encoded = [(ch, _encode(validate_channel(ch), payload)) for ch, payload in events]
+    with one Redis script call for all of them (per ``_PUBLISH_CHUNK``) and one round trip for
+    the Channels groups' memberships, so that a thousand events cost milliseconds instead of a
+    round trip (and an event loop) each. Only groups with members are sent to: ``group_send``
+    to an empty group does nothing."""
+    encoded = [(ch, _encode_parts(validate_channel(ch), payload)) for ch, payload in events]
+    return _publish_encoded(encoded, decode_all=True)
+
+
+def _publish_encoded(
+    encoded: list[tuple[str, tuple[str, str]]], *, decode_all: bool
+) -> list[dict[str, Any]]:
+    """Publish ``_encode_parts`` results, stamped now; the events (all of them with
+    ``decode_all``, else only those sent to a Channels group: the others are not returned)."""
     if not encoded:
         return []
+    ts = int(time.time() * 1000)
+    bodies = [(channel, _stamp(channel, parts, ts)) for channel, parts in encoded]
     client = get_redis()
-    script = client.register_script(_PUBLISH_LUA)
-    pipe = client.pipeline(transaction=False)
-    for channel, body in encoded:
-        script(keys=[_seq_key(channel), channel], args=[body], client=pipe)
-    seqs = pipe.execute()
+    script = client.register_script(_PUBLISH_MANY_LUA)
+    seqs: list[int] = []
+    for at in range(0, len(bodies), _PUBLISH_CHUNK):
+        chunk = bodies[at : at + _PUBLISH_CHUNK]
+        keys = [key for channel, _body in chunk for key in (_seq_key(channel), channel)]
+        seqs += script(keys=keys, args=[body for _channel, body in chunk])
+    groups = [group_name(channel) for channel, _body in bodies]
+    members = _memberships(groups)
+    wanted = [i for i, group in enumerate(groups) if members is None or members.get(group, 1)]
+    decode = set(range(len(bodies))) if decode_all else set(wanted)
     out = [
-        {"seq": int(seq), **json.loads(body)}
-        for (_channel, body), seq in zip(encoded, seqs, strict=True)
+        {"seq": int(seq), **json.loads(body)} if i in decode else {}
+        for i, ((_channel, body), seq) in enumerate(zip(bodies, seqs, strict=True))
     ]
-    groups = [group_name(channel) for channel, _body in encoded]
-    async_to_sync(_group_send_many)(groups, out)
-    return out
+    _deliver([groups[i] for i in wanted], [out[i] for i in wanted], members)
+    return out if decode_all else [out[i] for i in wanted]
 
 
-async def _group_send_many(groups: list[str], events: list[dict[str, Any]]) -> None:
+def _memberships(groups: list[str]) -> dict[str, int] | None:
+    """The member counts of ``groups`` when the layer is channels-redis on plain URLs (read
+    synchronously, ``_members``); None for any other layer."""
     layer = get_channel_layer()
+    return _members(layer, groups) if _is_redis_layer(layer) else None
+
+
+def _deliver(
+    groups: list[str], events: list[dict[str, Any]], members: dict[str, int] | None
+) -> None:
+    """Send each event to its Channels group. With ``members`` (``_memberships``), only to
+    groups with members, on a long-lived event loop (``_sender_loop``) instead of a new loop
+    and connection per call; without, through the layer as ``async_to_sync`` always did."""
+    if members is None:
+        async_to_sync(_group_send_many)(groups, events)
+        return
+    wanted = [(g, event) for g, event in zip(groups, events, strict=True) if members.get(g, 1)]
+    if not wanted:
+        return
+    args = ([g for g, _ in wanted], [event for _, event in wanted], members)
+    loop = _sender_loop()
+    if loop is None:
+        async_to_sync(_group_send_many)(*args)
+    else:
+        asyncio.run_coroutine_threadsafe(_group_send_many(*args), loop).result()
+
+
+def _is_redis_layer(layer: Any) -> bool:
+    return all(
+        hasattr(layer, name) for name in ("_group_key", "connection", "consistent_hash", "hosts")
+    )
+
+
+_SYNC_CLIENTS: dict[tuple[int, str], Any] = {}
+
+
+def _members(layer: Any, groups: list[str]) -> dict[str, int] | None:
+    """How many members each of ``groups`` has, read from channels-redis's own group keys with
+    one pipelined ZCARD per shard over a plain (synchronous) connection; None when a shard is
+    not given as a plain URL (sentinels, ...): the caller then asks through the layer."""
+    by_shard: dict[int, list[str]] = {}
+    for group in dict.fromkeys(groups):
+        by_shard.setdefault(layer.consistent_hash(group), []).append(group)
     members: dict[str, int] = {}
-    if all(hasattr(layer, name) for name in ("_group_key", "connection", "consistent_hash")):
-        # channels-redis: one pipelined ZCARD per shard tells which groups have members (the
-        # layer's own group keys); the others are skipped. Any other layer: send to each.
-        by_shard: dict[int, list[str]] = {}
-        for group in dict.fromkeys(groups):
-            by_shard.setdefault(layer.consistent_hash(group), []).append(group)
-        for shard, names in by_shard.items():
-            pipe = layer.connection(shard).pipeline(transaction=False)
-            for group in names:
-                pipe.zcard(layer._group_key(group))
-            members.update(zip(names, await pipe.execute(), strict=True))
+    for shard, names in by_shard.items():
+        host = layer.hosts[shard]
+        if not isinstance(host, dict) or set(host) != {"address"}:
+            return None
+        key = (os.getpid(), str(host["address"]))
+        client = _SYNC_CLIENTS.get(key)
+        if client is None:
+            import redis
+
+            client = _SYNC_CLIENTS[key] = redis.Redis.from_url(str(host["address"]))
+        pipe = client.pipeline(transaction=False)
+        for group in names:
+            pipe.zcard(layer._group_key(group))
+        members.update(zip(names, pipe.execute(), strict=True))
+    return members
+
+
+_SENDER: dict[str, Any] = {"pid": None, "loop": None, "thread": None}
+_SENDER_LOCK = threading.Lock()
+
+
+def _sender_loop() -> asyncio.AbstractEventLoop | None:
+    """A long-lived event loop in a daemon thread of this process, for ``publish_many``'s group
+    sends through channels-redis: its connection pools are per event loop, so ``async_to_sync``
+    (a new loop per call) paid a connection per batch. None from inside a running loop (the
+    caller is async code: ``async_to_sync`` refuses that as before). Made again after a fork."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return None
+    with _SENDER_LOCK:
+        loop, thread = _SENDER["loop"], _SENDER["thread"]
+        if _SENDER["pid"] == os.getpid() and thread is not None and thread.is_alive():
+            return loop
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="tradeapp-events", daemon=True)
+        thread.start()
+        _SENDER.update(pid=os.getpid(), loop=loop, thread=thread)
+        return loop
+
+
+async def _group_send_many(
+    groups: list[str], events: list[dict[str, Any]], members: dict[str, int] | None = None
+) -> None:
+    layer = get_channel_layer()
+    if members is None:
+        members = {}
+        if _is_redis_layer(layer):
+            # channels-redis: one pipelined ZCARD per shard tells which groups have members
+            # (the layer's own group keys); the others are skipped. Any other layer: send to
+            # each.
+            by_shard: dict[int, list[str]] = {}
+            for group in dict.fromkeys(groups):
+                by_shard.setdefault(layer.consistent_hash(group), []).append(group)
+            for shard, names in by_shard.items():
+                pipe = layer.connection(shard).pipeline(transaction=False)
+                for group in names:
+                    pipe.zcard(layer._group_key(group))
+                members.update(zip(names, await pipe.execute(), strict=True))
     for group, event in zip(groups, events, strict=True):
         if members.get(group, 1):
             await layer.group_send(group, {"type": GROUP_MESSAGE_TYPE, "event": event})
 
 
 def publish_many_on_commit(events: list[tuple[str, dict[str, Any]]]) -> None:
-    """``publish_many`` once the current transaction commits; validates now (as
-    ``publish_on_commit``), and a Redis outage after commit is logged, never raised."""
-    for channel, payload in events:
-        _encode(validate_channel(channel), payload)
-    if events:
-        transaction.on_commit(lambda: publish_many(events), robust=True)
+    """``publish_many`` once the current transaction commits; validates and encodes now (as
+    ``publish_on_commit`` validates: the payloads are not read again), stamps ``ts`` at
+    publish, and a Redis outage after commit is logged, never raised."""
+    encoded = [(ch, _encode_parts(validate_channel(ch), payload)) for ch, payload in events]
+    if encoded:
+        transaction.on_commit(lambda: _publish_encoded(encoded, decode_all=False), robust=True)
 
 
 def publish_on_commit(channel: str, payload: dict[str, Any]) -> None:
