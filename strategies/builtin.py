@@ -57,6 +57,11 @@ def _close(ohlcv: pd.DataFrame) -> np.ndarray:
     return _column(ohlcv, "close")
 
 
+def _out(close: np.ndarray) -> np.ndarray:
+    """The signals array, allocated by numpy (it reuses freed memory: no page faults)."""
+    return np.empty(close.shape[0], dtype=np.int8)
+
+
 class _Columns:
     """A frame's columns as float64 arrays, read on first use (``signals_from_arrays`` takes
     ``OHLCVArrays`` or this)."""
@@ -159,7 +164,9 @@ class SMACrossover(BaseStrategy):
     @classmethod
     def signals_from_arrays(cls, arrays: OHLCVArrays, parameters: dict[str, Any]) -> np.ndarray:
         """``generate_signals`` on the columns as float64 arrays (a sweep's path)."""
-        return sma_cross_signals_nb(arrays.close, parameters["fast"], parameters["slow"])
+        return sma_cross_signals_nb(
+            arrays.close, parameters["fast"], parameters["slow"], _out(arrays.close)
+        )
 
     @classmethod
     def explain(cls, decision: Decision) -> str:
@@ -225,7 +232,9 @@ class EMACrossover(BaseStrategy):
     @classmethod
     def signals_from_arrays(cls, arrays: OHLCVArrays, parameters: dict[str, Any]) -> np.ndarray:
         """``generate_signals`` on the columns as float64 arrays (a sweep's path)."""
-        return ema_cross_signals_nb(arrays.close, parameters["fast"], parameters["slow"])
+        return ema_cross_signals_nb(
+            arrays.close, parameters["fast"], parameters["slow"], _out(arrays.close)
+        )
 
     @classmethod
     def explain(cls, decision: Decision) -> str:
@@ -297,7 +306,11 @@ class RSIReversion(BaseStrategy):
     def signals_from_arrays(cls, arrays: OHLCVArrays, parameters: dict[str, Any]) -> np.ndarray:
         """``generate_signals`` on the columns as float64 arrays (a sweep's path)."""
         return rsi_reentry_signals_nb(
-            arrays.close, parameters["period"], parameters["oversold"], parameters["overbought"]
+            arrays.close,
+            parameters["period"],
+            parameters["oversold"],
+            parameters["overbought"],
+            _out(arrays.close),
         )
 
     @classmethod
@@ -388,7 +401,11 @@ class MACDCrossover(BaseStrategy):
     def signals_from_arrays(cls, arrays: OHLCVArrays, parameters: dict[str, Any]) -> np.ndarray:
         """``generate_signals`` on the columns as float64 arrays (a sweep's path)."""
         return macd_cross_signals_nb(
-            arrays.close, parameters["fast"], parameters["slow"], parameters["signal"]
+            arrays.close,
+            parameters["fast"],
+            parameters["slow"],
+            parameters["signal"],
+            _out(arrays.close),
         )
 
     @classmethod
@@ -450,7 +467,9 @@ class BollingerReversion(BaseStrategy):
     @classmethod
     def signals_from_arrays(cls, arrays: OHLCVArrays, parameters: dict[str, Any]) -> np.ndarray:
         """``generate_signals`` on the columns as float64 arrays (a sweep's path)."""
-        return bollinger_reentry_signals_nb(arrays.close, parameters["n"], parameters["k"])
+        return bollinger_reentry_signals_nb(
+            arrays.close, parameters["n"], parameters["k"], _out(arrays.close)
+        )
 
     @classmethod
     def explain(cls, decision: Decision) -> str:
@@ -526,7 +545,9 @@ class DonchianBreakout(BaseStrategy):
     @classmethod
     def signals_from_arrays(cls, arrays: OHLCVArrays, parameters: dict[str, Any]) -> np.ndarray:
         """``generate_signals`` on the columns as float64 arrays (a sweep's path)."""
-        return donchian_breakout_signals_nb(arrays.high, arrays.low, arrays.close, parameters["n"])
+        return donchian_breakout_signals_nb(
+            arrays.high, arrays.low, arrays.close, parameters["n"], _out(arrays.close)
+        )
 
     @classmethod
     def explain(cls, decision: Decision) -> str:

@@ -168,11 +168,23 @@ def first_not_increasing_nb(t: np.ndarray) -> int:
 # (variance), as in pandas and ``sma``, so a flat market never crosses out of rounding noise.
 # The tests hold every fused kernel equal to its composition, flat markets and ties included.
 #
-# The entry points release the GIL (``nogil``), so a sweep can run them in threads.
+# The entry points release the GIL (``nogil``), so a sweep can run them in threads, and take an
+# optional ``out`` array of len(x) int8 (zeroed first) for the signals.
 # Inputs are finite float64 arrays (``validate_ohlcv`` guarantees it for ``generate_signals``);
 # the first bar that can signal and everything before it follow the strategies' ``warmup``.
 
 _BLOCK = 1024
+
+
+@njit(cache=True)
+def _signals_out(out: np.ndarray | None, size: int) -> np.ndarray:
+    """The int8 output of a fused kernel, zeroed: ``out`` when given (the strategies pass an
+    array numpy allocated: it reuses memory, where a fresh numba array costs page faults,
+    ~0.2 ms per 1M bars), else a new one."""
+    if out is None:
+        return np.zeros(size, dtype=np.int8)
+    out[:] = 0
+    return out
 
 
 @njit(cache=True)
@@ -391,7 +403,9 @@ def _sma_pair_block_nb(  # noqa: PLR0917 (numba: arguments are positional)
 
 
 @njit(cache=True, nogil=True)
-def sma_cross_signals_nb(x: np.ndarray, fast: int, slow: int) -> np.ndarray:
+def sma_cross_signals_nb(
+    x: np.ndarray, fast: int, slow: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """``cross_signals_nb(sma(x, fast), sma(x, slow))`` in one pass (``SMACrossover``).
 
     Window sums are differences of exact (double-double) prefix sums restarted at every block
@@ -401,7 +415,7 @@ def sma_cross_signals_nb(x: np.ndarray, fast: int, slow: int) -> np.ndarray:
     ``max(fast, slow)`` are 0.
     """
     size = x.shape[0]
-    out = np.zeros(size, dtype=np.int8)
+    out = _signals_out(out, size)
     if fast < 1 or slow < 1:
         raise ValueError("SMA lengths must be >= 1")
     h = max(fast, slow)
@@ -448,14 +462,16 @@ def _ema_seeded_nb(x: np.ndarray, n: int, stop: int, scratch: np.ndarray) -> flo
 
 
 @njit(cache=True, nogil=True)
-def ema_cross_signals_nb(x: np.ndarray, fast: int, slow: int) -> np.ndarray:
+def ema_cross_signals_nb(
+    x: np.ndarray, fast: int, slow: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """``cross_signals_nb(ema(x, fast), ema(x, slow))`` in one pass (``EMACrossover``).
 
     The EMAs are ``ema``'s to the last bit (``ema_advance_nb``). Bars before ``max(fast,
     slow)`` are 0.
     """
     size = x.shape[0]
-    out = np.zeros(size, dtype=np.int8)
+    out = _signals_out(out, size)
     if fast < 1 or slow < 1:
         raise ValueError("EMA lengths must be >= 1")
     h = max(fast, slow)
@@ -483,7 +499,9 @@ def ema_cross_signals_nb(x: np.ndarray, fast: int, slow: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def macd_cross_signals_nb(x: np.ndarray, fast: int, slow: int, signal: int) -> np.ndarray:
+def macd_cross_signals_nb(
+    x: np.ndarray, fast: int, slow: int, signal: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """``cross_signals_nb(line, signal_line)`` of ``macd(x, fast, slow, signal)``
     (``MACDCrossover``), with ``macd``'s values to the last bit.
 
@@ -493,7 +511,7 @@ def macd_cross_signals_nb(x: np.ndarray, fast: int, slow: int, signal: int) -> n
     ``h + signal - 1`` are 0.
     """
     size = x.shape[0]
-    out = np.zeros(size, dtype=np.int8)
+    out = _signals_out(out, size)
     if fast < 1 or slow < 1 or signal < 1:
         raise ValueError("MACD lengths must be >= 1")
     h = max(fast, slow)
@@ -539,14 +557,16 @@ def macd_cross_signals_nb(x: np.ndarray, fast: int, slow: int, signal: int) -> n
 
 
 @njit(cache=True, nogil=True)
-def rsi_reentry_signals_nb(close: np.ndarray, n: int, lower: float, upper: float) -> np.ndarray:
+def rsi_reentry_signals_nb(
+    close: np.ndarray, n: int, lower: float, upper: float, out: np.ndarray | None = None
+) -> np.ndarray:
     """``level_reentry_signals_nb(rsi(close, n), lower, upper)`` in one pass (``RSIReversion``).
 
     The averages use exactly the arithmetic of ``strategies.indicators.rsi`` (so the RSI values
     are identical); the RSI and the rule run vectorised per block. Bars before ``n + 1`` are 0.
     """
     size = close.shape[0]
-    out = np.zeros(size, dtype=np.int8)
+    out = _signals_out(out, size)
     if n < 1:
         raise ValueError("RSI period must be >= 1")
     if size <= n + 1:
@@ -645,7 +665,9 @@ def _bollinger_direct_signals_nb(
 
 
 @njit(cache=True, nogil=True)
-def bollinger_reentry_signals_nb(close: np.ndarray, n: int, k: float) -> np.ndarray:
+def bollinger_reentry_signals_nb(
+    close: np.ndarray, n: int, k: float, out: np.ndarray | None = None
+) -> np.ndarray:
     """``band_reentry_signals_nb(close, lower, upper)`` of ``bollinger(close, n, k)`` in one pass
     (``BollingerReversion``).
 
@@ -660,7 +682,7 @@ def bollinger_reentry_signals_nb(close: np.ndarray, n: int, k: float) -> np.ndar
     are the rule rather than the exception, use ``bollinger``'s own arithmetic.
     """
     size = close.shape[0]
-    out = np.zeros(size, dtype=np.int8)
+    out = _signals_out(out, size)
     if n < 1:
         raise ValueError("Bollinger length must be >= 1")
     if size <= n:
@@ -709,7 +731,7 @@ def bollinger_reentry_signals_nb(close: np.ndarray, n: int, k: float) -> np.ndar
 
 @njit(cache=True, nogil=True)
 def donchian_breakout_signals_nb(  # noqa: PLR0915 (numba: one kernel, no helpers in the loop)
-    high: np.ndarray, low: np.ndarray, close: np.ndarray, n: int
+    high: np.ndarray, low: np.ndarray, close: np.ndarray, n: int, out: np.ndarray | None = None
 ) -> np.ndarray:
     """``breakout_signals_nb(close, upper, lower)`` of ``donchian(high, low, n)`` in one pass
     (``DonchianBreakout``): buy when the close is above the highest high of the ``n`` bars
@@ -721,7 +743,7 @@ def donchian_breakout_signals_nb(  # noqa: PLR0915 (numba: one kernel, no helper
     maxima kept in small buffers.
     """
     size = close.shape[0]
-    out = np.zeros(size, dtype=np.int8)
+    out = _signals_out(out, size)
     if n < 1:
         raise ValueError("Donchian length must be >= 1")
     if size <= n:
