@@ -284,7 +284,7 @@ def _prefix_lanes_nb(  # noqa: PLR0915, PLR0917 (numba: one loop, positional arg
     hi_b: np.ndarray,
     lo_b: np.ndarray,
     changes_b: np.ndarray,
-) -> None:
+) -> bool:
     """Exact prefix sums and change counts of two stretches of a series at once.
 
     For lane ``a`` (likewise ``b``): ``hi_a[t] + lo_a[t]`` is ``base + sum(xa[:t])`` exactly
@@ -300,14 +300,15 @@ def _prefix_lanes_nb(  # noqa: PLR0915, PLR0917 (numba: one loop, positional arg
     TwoSum's 6) and differences of totals are exact (Sterbenz). A running sum is bound by the
     latency of its additions; two lanes in one loop overlap them. A lane whose values are too
     large for an offset (~1e300) falls back to TwoSum from 0, which the readers also handle.
-    ``xb`` may be shorter than ``xa`` (or empty).
+    ``xb`` may be shorter than ``xa`` (or empty). Returns True for the offset form (the
+    differences of ``hi`` are then exact), False for the TwoSum fallback.
     """
     base_a = _prefix_base_nb(xa)
     base_b = _prefix_base_nb(xb) if xb.shape[0] else 1.0
     if base_a == 0.0 or base_b == 0.0:
         _prefix_exact_nb(xa, hi_a, lo_a, changes_a)
         _prefix_exact_nb(xb, hi_b, lo_b, changes_b)
-        return
+        return False
     ma = xa.shape[0]
     mb = xb.shape[0]
     hi_a[0] = base_a
@@ -359,6 +360,7 @@ def _prefix_lanes_nb(  # noqa: PLR0915, PLR0917 (numba: one loop, positional arg
         ha[t] = total_a
         la[t] = comp_a
         ca[t] = count_a
+    return True
 
 
 @njit(cache=True)
@@ -371,6 +373,7 @@ def _sma_pair_block_nb(  # noqa: PLR0917 (numba: arguments are positional)
     fast: int,
     slow: int,
     diff: np.ndarray,
+    exact: bool,
 ) -> None:
     """``SMA(fast) - SMA(slow)`` of the bars whose values are ``new`` into ``diff``, from
     ``_prefix_lanes_nb`` buffers that start ``h >= max(fast, slow)`` bars before ``new[0]``.
@@ -387,6 +390,13 @@ def _sma_pair_block_nb(  # noqa: PLR0917 (numba: arguments are positional)
     hs = hi[h + 1 - slow :]
     ls = lo[h + 1 - slow :]
     cs = changes[h + 2 - slow :]
+    if exact:  # the offset form: hi[t] - hi[t - n] is exact (TwoSum's error term would be 0)
+        for k in range(new.shape[0]):
+            a = h1[k]
+            f = new[k] if c1[k] == cf[k] else ((a - hf[k]) + (l1[k] - lf[k])) * inv_f
+            g = new[k] if c1[k] == cs[k] else ((a - hs[k]) + (l1[k] - ls[k])) * inv_s
+            diff[k] = f - g
+        return
     for k in range(new.shape[0]):
         a = h1[k]
         c = -hf[k]
@@ -433,13 +443,17 @@ def sma_cross_signals_nb(
         b = min(a + block, size)
         b2 = min(b + block, size)
         xb = x[b - h : b2] if b < size else x[0:0]
-        _prefix_lanes_nb(x[a - h : b], xb, hi[0], lo[0], changes[0], hi[1], lo[1], changes[1])
+        exact = _prefix_lanes_nb(
+            x[a - h : b], xb, hi[0], lo[0], changes[0], hi[1], lo[1], changes[1]
+        )
         for lane, start, stop in ((0, a, b), (1, b, b2)):
             if start >= stop:
                 continue
             m = stop - start + 1  # bar start - 1 (the previous bar) and the block
             new = x[start - 1 : stop]
-            _sma_pair_block_nb(new, hi[lane], lo[lane], changes[lane], h - 1, fast, slow, diff)
+            _sma_pair_block_nb(
+                new, hi[lane], lo[lane], changes[lane], h - 1, fast, slow, diff, exact
+            )
             _cross_block_nb(diff[:m], out[start:stop])
         a = b2
     return out

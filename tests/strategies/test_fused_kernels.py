@@ -187,3 +187,14 @@ def test_fused_kernels_equal_composition_on_few_distinct_prices(closes, fast, ex
 def test_fused_kernels_refuse_lengths_below_one(call) -> None:
     with pytest.raises(ValueError, match=">= 1"):
         call(np.ones(50))
+
+
+def test_sma_kernel_falls_back_to_twosum_for_values_too_large_for_its_offset() -> None:
+    # Prices near 1e299: four times a block's sum would overflow, so the exact prefix sums take
+    # the TwoSum path; the signals still equal the indicators'.
+    a = arrays(random_walk_ohlcv(3_000, seed=5, volatility=5e-3))
+    big = {key: values * 1e295 for key, values in a.items()}
+    params = {"fast": 10, "slow": 30}
+    expected = composed("sma", big, params)
+    assert np.count_nonzero(expected) > 10
+    np.testing.assert_array_equal(fused("sma", big, params), expected)
