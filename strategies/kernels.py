@@ -513,7 +513,7 @@ def ema_cross_signals_nb(
 
 
 @njit(cache=True, nogil=True)
-def macd_cross_signals_nb(
+def macd_cross_signals_nb(  # noqa: PLR0915 (numba: one kernel)
     x: np.ndarray, fast: int, slow: int, signal: int, out: np.ndarray | None = None
 ) -> np.ndarray:
     """``cross_signals_nb(line, signal_line)`` of ``macd(x, fast, slow, signal)``
@@ -521,8 +521,8 @@ def macd_cross_signals_nb(
 
     The line (EMA(fast) - EMA(slow)) starts at bar ``h - 1`` with ``h = max(fast, slow)``; its
     EMA(signal) is seeded with the mean of its first ``signal`` values, and its groups of four
-    count from the line's first bar, so it runs as a second pass over the line. Bars before
-    ``h + signal - 1`` are 0.
+    count from the line's first bar, so it follows the line a few bars behind, cut at its own
+    group boundaries. Bars before ``h + signal - 1`` are 0.
     """
     size = x.shape[0]
     out = _signals_out(out, size)
@@ -536,36 +536,57 @@ def macd_cross_signals_nb(
     alpha_s = 2.0 / (slow + 1.0)
     alpha_g = 2.0 / (signal + 1.0)
     width = max(_BLOCK, h)
-    ema_f = np.empty(width)
-    ema_s = np.empty(width)
-    lines = np.empty(size)
-    value_f = _ema_seeded_nb(x, fast, h, ema_f)
-    value_s = _ema_seeded_nb(x, slow, h, ema_s)
-    lines[h - 1] = value_f - value_s
-    a = h
-    while a < size:  # the line, in blocks cut at multiples of 4 (the price EMAs' groups)
-        b = _block_end(a, size)
-        value_f, value_s = ema_pair_advance_nb(
-            x[a:b], value_f, alpha_f, value_s, alpha_s, lines[a:b], a
-        )
-        a = b
-    seed = 0.0
-    for j in range(h - 1, start):
-        seed += lines[j]
+    scratch = np.empty(width)
+    lines = np.empty(_BLOCK)  # the block's line values
+    pending = np.empty(_BLOCK + 8)  # line values not yet taken by the signal EMA, from bar first
+    signal_line = np.empty(_BLOCK + 8)
+    diff = np.empty(_BLOCK + 9)
+    value_f = _ema_seeded_nb(x, fast, h, scratch)
+    value_s = _ema_seeded_nb(x, slow, h, scratch)
+    anchor = h - 1  # the line's first bar: the signal EMA's groups of four count from it
+    seed = value_f - value_s  # the sum of the line's first ``signal`` values, from bar h - 1
     value_g = seed / signal
-    signal_line = np.empty(_BLOCK)
-    diff = np.empty(_BLOCK + 1)
-    diff[0] = lines[start - 1] - value_g
-    anchor = h - 1  # the signal line's groups count from the line's first bar
-    a = start
-    while a < size:
-        b = _block_end(a - anchor, size - anchor) + anchor
+    previous = seed - value_g  # line - signal line on the bar before ``first``
+    first = start
+    count = 0
+    a = h
+    while a < size:  # blocks cut at multiples of 4 (the price EMAs' groups)
+        b = _block_end(a, size)
         m = b - a
-        value_g = ema_advance_nb(lines[a:b], value_g, alpha_g, signal_line, a - anchor)
-        for k in range(m):
-            diff[k + 1] = lines[a + k] - signal_line[k]
-        _cross_block_nb(diff[: m + 1], out[a:b])
-        diff[0] = diff[m]
+        if a >= start:  # the usual case: the lines go straight to the pending buffer
+            value_f, value_s = ema_pair_advance_nb(
+                x[a:b], value_f, alpha_f, value_s, alpha_s, pending[count : count + m], a
+            )
+            count += m
+        else:
+            value_f, value_s = ema_pair_advance_nb(
+                x[a:b], value_f, alpha_f, value_s, alpha_s, lines[:m], a
+            )
+            for k in range(m):
+                if a + k < start:  # bars h .. start - 1 complete the signal line's seed
+                    seed += lines[k]
+                    if a + k == start - 1:
+                        value_g = seed / signal
+                        previous = lines[k] - value_g
+                else:
+                    pending[count] = lines[k]
+                    count += 1
+        # The signal EMA takes the pending lines up to one of its own group boundaries (all of
+        # them at the end), so its values are ``macd``'s to the last bit.
+        take = count if b == size else count - (first + count - anchor) % 4
+        if take > 0:
+            value_g = ema_advance_nb(
+                pending[:take], value_g, alpha_g, signal_line[:take], first - anchor
+            )
+            diff[0] = previous
+            for k in range(take):
+                diff[k + 1] = pending[k] - signal_line[k]
+            _cross_block_nb(diff[: take + 1], out[first : first + take])
+            previous = diff[take]
+            for k in range(count - take):
+                pending[k] = pending[take + k]
+            count -= take
+            first += take
         a = b
     return out
 
