@@ -583,8 +583,15 @@ def _checked_signals(raw: object) -> classmethod:
     def generate_signals(
         cls: type[BaseStrategy], ohlcv: pd.DataFrame, parameters: Mapping | None = None
     ) -> np.ndarray:
-        frame = validate_ohlcv(ohlcv, cls.columns)
-        return unchecked(cls, frame, cls.clean_parameters(parameters))
+        params = cls.clean_parameters(parameters)
+        if not cls.finite_check_in_kernel:
+            return unchecked(cls, validate_ohlcv(ohlcv, cls.columns), params)
+        frame = validate_ohlcv(ohlcv, ())  # the structure and the index; values: the kernel
+        try:
+            return unchecked(cls, frame, params)
+        except (ValueError, TypeError):
+            validate_ohlcv(ohlcv, cls.columns)  # a NaN or a non-number: the precise OHLCVError
+            raise
 
     generate_signals.unchecked = unchecked
     return classmethod(generate_signals)
@@ -740,6 +747,11 @@ class BaseStrategy(abc.ABC):
     #: threads of one process, sharing the data without copies or worker start-up. False (the
     #: default, right for strategies written in pandas or plain Python): worker processes.
     releases_gil: ClassVar[bool] = False
+    #: True when ``generate_signals`` itself refuses NaN and infinite values in ``columns`` by
+    #: raising ``ValueError`` (``SMACrossover``'s kernel finds them while it reads the prices):
+    #: the base class then skips its own scan of those columns, and when the strategy raises it
+    #: checks the frame and reports the bad value exactly as ``validate_ohlcv`` does.
+    finite_check_in_kernel: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

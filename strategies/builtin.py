@@ -128,6 +128,7 @@ class SMACrossover(BaseStrategy):
 
     name = "sma_crossover"
     releases_gil = True  # its kernel is nogil: sweeps use threads
+    finite_check_in_kernel = True  # the kernel refuses NaN while it reads the closes
     title = "SMA crossover"
     columns = ("close",)
     parameter_specs = (

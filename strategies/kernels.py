@@ -230,17 +230,24 @@ def _sma_at_nb(x: np.ndarray, i: int, n: int) -> float:
 def _prefix_base_nb(xs: np.ndarray) -> float:
     """The offset that makes ``_prefix_lanes_nb``'s sums exact with cheap arithmetic: a power
     of two at least four times the largest possible partial sum of ``xs`` (so every running
-    total stays within [3/4, 5/4] of it), or 0 when that would overflow."""
+    total stays within [3/4, 5/4] of it), 0 when that would overflow, -1 when ``xs`` holds a
+    NaN or an infinite value."""
     m = xs.shape[0]
     whole = m - m % 4
     b0 = b1 = b2 = b3 = 0.0  # four independent maxima: the comparisons overlap
+    bad = 0.0  # v - v is 0 for a finite v, NaN otherwise: the sum says if any is not
     for t in range(0, whole, 4):
-        b0 = max(b0, abs(xs[t]))
-        b1 = max(b1, abs(xs[t + 1]))
-        b2 = max(b2, abs(xs[t + 2]))
-        b3 = max(b3, abs(xs[t + 3]))
+        v0, v1, v2, v3 = xs[t], xs[t + 1], xs[t + 2], xs[t + 3]
+        b0 = max(b0, abs(v0))
+        b1 = max(b1, abs(v1))
+        b2 = max(b2, abs(v2))
+        b3 = max(b3, abs(v3))
+        bad += ((v0 - v0) + (v1 - v1)) + ((v2 - v2) + (v3 - v3))
     for t in range(whole, m):
         b0 = max(b0, abs(xs[t]))
+        bad += xs[t] - xs[t]
+    if bad != 0.0:
+        return -1.0
     big = max(b0, b1, b2, b3)
     limit = 4.0 * (xs.shape[0] + 1) * big
     if not limit < 1e300:
@@ -284,7 +291,7 @@ def _prefix_lanes_nb(  # noqa: PLR0915, PLR0917 (numba: one loop, positional arg
     hi_b: np.ndarray,
     lo_b: np.ndarray,
     changes_b: np.ndarray,
-) -> bool:
+) -> int:
     """Exact prefix sums and change counts of two stretches of a series at once.
 
     For lane ``a`` (likewise ``b``): ``hi_a[t] + lo_a[t]`` is ``base + sum(xa[:t])`` exactly
@@ -300,15 +307,18 @@ def _prefix_lanes_nb(  # noqa: PLR0915, PLR0917 (numba: one loop, positional arg
     TwoSum's 6) and differences of totals are exact (Sterbenz). A running sum is bound by the
     latency of its additions; two lanes in one loop overlap them. A lane whose values are too
     large for an offset (~1e300) falls back to TwoSum from 0, which the readers also handle.
-    ``xb`` may be shorter than ``xa`` (or empty). Returns True for the offset form (the
-    differences of ``hi`` are then exact), False for the TwoSum fallback.
+    ``xb`` may be shorter than ``xa`` (or empty). Returns 1 for the offset form (the
+    differences of ``hi`` are then exact), 0 for the TwoSum fallback, -1 (nothing written)
+    when a value is NaN or infinite.
     """
     base_a = _prefix_base_nb(xa)
     base_b = _prefix_base_nb(xb) if xb.shape[0] else 1.0
+    if base_a < 0.0 or base_b < 0.0:
+        return -1
     if base_a == 0.0 or base_b == 0.0:
         _prefix_exact_nb(xa, hi_a, lo_a, changes_a)
         _prefix_exact_nb(xb, hi_b, lo_b, changes_b)
-        return False
+        return 0
     ma = xa.shape[0]
     mb = xb.shape[0]
     hi_a[0] = base_a
@@ -360,7 +370,7 @@ def _prefix_lanes_nb(  # noqa: PLR0915, PLR0917 (numba: one loop, positional arg
         ha[t] = total_a
         la[t] = comp_a
         ca[t] = count_a
-    return True
+    return 1
 
 
 @njit(cache=True)
@@ -422,7 +432,8 @@ def sma_cross_signals_nb(
     (``_prefix_lanes_nb``): correctly rounded, so the means equal ``sma``'s (a sum times
     ``1 / n``; a window of equal values gives that value exactly) whatever bar the series starts
     at, and prices on a tick grid whose averages tie exactly stay tied. Bars before
-    ``max(fast, slow)`` are 0.
+    ``max(fast, slow)`` are 0. A NaN or infinite price raises ``ValueError`` (found while the
+    prices are read, so ``SMACrossover`` needs no separate scan: ``finite_check_in_kernel``).
     """
     size = x.shape[0]
     out = _signals_out(out, size)
@@ -430,6 +441,8 @@ def sma_cross_signals_nb(
         raise ValueError("SMA lengths must be >= 1")
     h = max(fast, slow)
     if size <= h:
+        if _prefix_base_nb(x) < 0.0:  # no signal, but the prices are still checked
+            raise ValueError("sma_cross_signals_nb: the prices hold a NaN or infinite value")
         return out
     block = max(_BLOCK, 4 * h)
     width = h + block + 1
@@ -443,9 +456,12 @@ def sma_cross_signals_nb(
         b = min(a + block, size)
         b2 = min(b + block, size)
         xb = x[b - h : b2] if b < size else x[0:0]
-        exact = _prefix_lanes_nb(
+        form = _prefix_lanes_nb(
             x[a - h : b], xb, hi[0], lo[0], changes[0], hi[1], lo[1], changes[1]
         )
+        if form < 0:
+            raise ValueError("sma_cross_signals_nb: the prices hold a NaN or infinite value")
+        exact = form == 1
         for lane, start, stop in ((0, a, b), (1, b, b2)):
             if start >= stop:
                 continue

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from strategies import indicators as ind
 from strategies import kernels as k
+from strategies.base import OHLCVError
+from strategies.builtin import SMACrossover
 from strategies.lookahead import random_walk_ohlcv
 
 
@@ -198,3 +200,22 @@ def test_sma_kernel_falls_back_to_twosum_for_values_too_large_for_its_offset() -
     expected = composed("sma", big, params)
     assert np.count_nonzero(expected) > 10
     np.testing.assert_array_equal(fused("sma", big, params), expected)
+
+
+@pytest.mark.parametrize("size", [5, 30, 6_000])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_sma_kernel_refuses_a_non_finite_price_wherever_it_is(size, bad) -> None:
+    # SMACrossover skips the separate finiteness scan: its kernel must find every bad value.
+    close = arrays(random_walk_ohlcv(size, seed=6))["close"]
+    for where in {0, size // 2, size - 1}:
+        broken = close.copy()
+        broken[where] = bad
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            k.sma_cross_signals_nb(broken, 10, 30)
+
+
+def test_sma_crossover_reports_a_nan_close_as_validation_does() -> None:
+    data = random_walk_ohlcv(3_000, seed=7)
+    data.iloc[1_234, data.columns.get_loc("close")] = np.nan
+    with pytest.raises(OHLCVError, match=r"'close' holds nan .* \(bar 1234\)"):
+        SMACrossover.generate_signals(data, {"fast": 5, "slow": 20})
