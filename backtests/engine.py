@@ -127,6 +127,7 @@ __all__ = [
     "run_backtest",
     "simulate",
     "simulate_nb",
+    "stop_exit",
     "strategy_signals",
     "trades_frame",
 ]
@@ -343,6 +344,31 @@ def _stop_check_nb(  # noqa: PLR0911, PLR0912, PLR0917 - one exit per case reads
     if low <= target:
         return _TAKE_PROFIT, target
     return _OPEN, math.nan
+
+
+def stop_exit(  # noqa: PLR0917 - the position then the bar's prices, as the kernel takes them
+    side: float,
+    entry: float,
+    extreme: float,
+    open_: float,
+    high: float,
+    low: float,
+    *,
+    stop_loss: float | None,
+    take_profit: float | None,
+    trailing_stop: float | None,
+) -> tuple[str, float] | None:
+    """The simulation's stop rule for one bar, for callers outside a simulation (the bots'
+    paper and live brokers): ``(exit reason, market price)`` of the stop or take-profit that
+    triggers, or None. ``side`` +1 long / -1 short, ``extreme`` the trailing extreme so far;
+    levels are fractions, None for off. The stop first, at its level or at a gapped open."""
+    reason, price = _stop_check_nb(
+        float(side), float(entry), float(extreme), float(open_), float(high), float(low),
+        math.nan if stop_loss is None else float(stop_loss),
+        math.nan if take_profit is None else float(take_profit),
+        math.nan if trailing_stop is None else float(trailing_stop),
+    )  # fmt: skip
+    return None if reason == _OPEN else (EXIT_REASONS[reason], float(price))
 
 
 @njit(cache=True)

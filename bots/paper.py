@@ -18,8 +18,9 @@ time of the candle it happened in (as the engine's trades are).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
+
+from backtests import engine
 
 __all__ = ["ClosedTrade", "PaperBook", "PaperFill", "buy", "sell", "stop_exit", "take_in_high"]
 
@@ -151,10 +152,6 @@ def sell(
     return PaperFill("sell", units, fill, paid, time_ms), trade
 
 
-def _level(value: float | None) -> float:
-    return math.nan if value is None else float(value)
-
-
 def stop_exit(
     book: PaperBook,
     open_: float,
@@ -166,31 +163,15 @@ def stop_exit(
     trailing_stop: float | None,
 ) -> tuple[str, float] | None:
     """``(exit reason, market price)`` of the stop or take-profit that triggers in this candle,
-    or None. The stop (the tighter of stop-loss and trailing stop; ``stop_loss`` on a tie) wins
-    over the take-profit; a gap through a level fills at the open. Off levels are None."""
+    or None: the backtest engine's own rule (``backtests.engine.stop_exit``), so paper, live and
+    backtest cannot decide differently. The stop (the tighter of stop-loss and trailing stop;
+    ``stop_loss`` on a tie) wins over the take-profit; a gap through a level fills at the open."""
     if not book.long:
         return None
-    sl, tp, trailing = _level(stop_loss), _level(take_profit), _level(trailing_stop)
-    entry = book.entry_price
-    stop = math.nan
-    reason = "stop_loss"
-    if not math.isnan(sl):
-        stop = entry * (1.0 - sl)
-    if not math.isnan(trailing):
-        trail = book.extreme * (1.0 - trailing)
-        if not stop >= trail:  # the higher level is the tighter; also when stop is NaN
-            stop = trail
-            reason = "trailing_stop"
-    target = entry * (1.0 + tp)
-    if open_ <= stop:
-        return reason, open_
-    if low <= stop:
-        return reason, stop
-    if open_ >= target:
-        return "take_profit", open_
-    if high >= target:
-        return "take_profit", target
-    return None
+    return engine.stop_exit(
+        1.0, book.entry_price, book.extreme, open_, high, low,
+        stop_loss=stop_loss, take_profit=take_profit, trailing_stop=trailing_stop,
+    )  # fmt: skip
 
 
 def take_in_high(book: PaperBook, high: float) -> None:
