@@ -419,6 +419,18 @@ def trade_json(trade: Trade) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def position_fields(book: paper.PaperBook, mark: float) -> dict[str, Any]:
+    """The ``Position`` row of a bot's book marked at ``mark`` (paper and live alike)."""
+    unrealized = book.units * (mark - book.entry_price) - book.entry_fee if book.long else 0.0
+    return {
+        "quantity": to_decimal(book.units),
+        "entry_price": to_decimal(book.entry_price) if book.long else None,
+        "entry_time": ms_to_datetime(book.entry_ms) if book.long else None,
+        "mark_price": to_decimal(mark),
+        "unrealized_pnl": to_decimal(unrealized),
+    }
+
+
 def record_trade(exit_order: Order, closed: paper.ClosedTrade) -> Trade:
     entry_time = ms_to_datetime(closed.entry_ms)
     entry_order = (

@@ -56,6 +56,7 @@ from bots.brokers import (
     CandleResult,
     announce_order,
     fill_json,
+    position_fields,
     record_trade,
 )
 from bots.models import Bot, BotEvent, ExchangeAccount, Fill, Order, Position, Signal
@@ -467,17 +468,7 @@ class CcxtBroker(Broker):
         bot.cash = to_decimal(book.cash)
         bot.equity = to_decimal(book.equity(price))
         bot.save(update_fields=["paper_book", "risk_state", "cash", "equity", "updated_at"])
-        unrealized = book.units * (price - book.entry_price) - book.entry_fee if book.long else 0
-        Position.objects.update_or_create(
-            bot=bot,
-            defaults={
-                "quantity": to_decimal(book.units),
-                "entry_price": to_decimal(book.entry_price) if book.long else None,
-                "entry_time": ms_to_datetime(book.entry_ms) if book.long else None,
-                "mark_price": to_decimal(price),
-                "unrealized_pnl": to_decimal(unrealized),
-            },
-        )
+        Position.objects.update_or_create(bot=bot, defaults=position_fields(book, price))
         publish_on_commit(
             f"trade_updates:{bot.pk}",
             {"type": "portfolio.updated", "bot_id": bot.pk, "time_ms": last_ms,

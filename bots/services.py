@@ -42,7 +42,15 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from bots import paper, risk
-from bots.brokers import Broker, BrokerError, PaperBroker, PaperWrites, broker_for, rows_update
+from bots.brokers import (
+    Broker,
+    BrokerError,
+    PaperBroker,
+    PaperWrites,
+    broker_for,
+    position_fields,
+    rows_update,
+)
 from bots.models import Bot, BotEvent, Order, Position, RiskBudget
 from bots.models import Signal as SignalRow
 from marketdata.models import Candle, Instrument
@@ -1095,14 +1103,7 @@ def _book_state(
     bot.equity = to_decimal(book.equity(close))
     if last_ms is not None:
         bot.last_processed_at = ms_to_datetime(last_ms)
-    unrealized = book.units * (close - book.entry_price) - book.entry_fee if book.long else 0.0
-    position = {
-        "quantity": to_decimal(book.units),
-        "entry_price": to_decimal(book.entry_price) if book.long else None,
-        "entry_time": ms_to_datetime(book.entry_ms) if book.long else None,
-        "mark_price": to_decimal(close),
-        "unrealized_pnl": to_decimal(unrealized),
-    }
+    position = position_fields(book, close)
     event = {
         "type": "portfolio.updated", "bot_id": bot.pk, "time_ms": last_ms, "cash": book.cash,
         "equity": book.equity(close), "position": book.units,
