@@ -109,7 +109,20 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
-from backtests.metrics import bars_per_year, compute_metrics
+from backtests.metrics import (
+    FOLD_BUFFER,
+    FOLD_FIELDS,
+    FOLD_SIZE,
+    bars_per_year,
+    compute_metrics,
+    fold_bars_nb,
+    fold_finish_nb,
+    fold_flush_nb,
+    fold_load_nb,
+    fold_new_nb,
+    fold_store_nb,
+    metrics_from_stats,
+)
 
 __all__ = [
     "EXIT_REASONS",
@@ -259,7 +272,7 @@ def _exit_nb(  # noqa: PLR0917
     return cash - notional - paid, fill, paid
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _record_nb(  # noqa: PLR0917
     rec_i: np.ndarray,
     rec_s: np.ndarray,
@@ -371,7 +384,7 @@ def stop_exit(  # noqa: PLR0917 - the position then the bar's prices, as the ker
     return None if reason == _OPEN else (EXIT_REASONS[reason], float(price))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _act_nb(  # noqa: PLR0917
     order: int,
     price: float,
@@ -413,21 +426,47 @@ def _act_nb(  # noqa: PLR0917
     return k, cash, side, units, entry_price, entry_fee, entry_bar, extreme, committed
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _hold_nb(  # noqa: PLR0917
     equity: np.ndarray,
     position: np.ndarray,
     close: np.ndarray,
+    a: int,
+    b: int,
     cash: float,
     exposure: float,
     side: float,
 ) -> None:
-    """Equity and position of bars where nothing happens: ``cash + side * units * close``
-    (``exposure = side * units``, the same arithmetic as a bar simulated one by one)."""
+    """Equity and position of bars ``a .. b - 1`` where nothing happens: ``cash + side * units
+    * close`` (``exposure = side * units``, the same arithmetic as a bar simulated one by one).
+    Indices, not slices: a slice per call costs more than a short run."""
     held = np.int8(side)
-    for j in range(close.shape[0]):
+    for j in range(a, b):
         equity[j] = cash + exposure * close[j]
         position[j] = held
+
+
+@njit(cache=True)
+def _events_nb(signals: np.ndarray) -> np.ndarray:
+    """The positions of the non-zero ``signals``, then ``len(signals)`` (a sentinel). Eight
+    signals are tested at once and the positions inside a word that holds one are written
+    branch-free, so sparse signals cost little (the array is as long as the bars, but only the
+    pages written are ever touched)."""
+    n = signals.shape[0]
+    out = np.empty(n + 1, dtype=np.int64)
+    whole = n - n % 8
+    words = signals[:whole].view(np.uint64)
+    k = 0
+    for w in range(words.shape[0]):
+        if words[w] != 0:
+            for b in range(w * 8, w * 8 + 8):
+                out[k] = b
+                k += signals[b] != 0
+    for i in range(whole, n):
+        out[k] = i
+        k += signals[i] != 0
+    out[k] = n
+    return out[: k + 1]
 
 
 # The kernel takes plain positional scalars: numba's nopython mode has no keyword-only arguments.
@@ -451,6 +490,8 @@ def simulate_nb(  # noqa: PLR0912, PLR0915, PLR0917
     close_at_end: bool,
     equity: np.ndarray,
     position: np.ndarray,
+    fold: np.ndarray,
+    fold_buffer: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Simulate trading ``signals`` on one batch of bars, continuing from ``state``.
 
@@ -463,22 +504,31 @@ def simulate_nb(  # noqa: PLR0912, PLR0915, PLR0917
     (int8), one per bar, receive the outputs: allocated by numpy (which reuses memory) rather
     than here (fresh pages, ~1.5 ms per 8 MB).
 
+    ``fold_buffer``: empty, or ``FOLD_BUFFER`` float64 of scratch: then every bar's equity is
+    fed to the equity fold ``fold`` (``backtests.metrics.fold_new_nb``, updated in place)
+    instead of being written to ``equity`` and ``position`` (pass empty arrays): what a sweep
+    needs of a combination, without a curve. ``fold`` is not used otherwise (any array of
+    ``FOLD_SIZE``).
+
     Returns ``(equity float64[n], position int8[n], rec_i int64[k, 2] (entry_bar, exit_bar),
     rec_s int8[k, 2] (side, reason), rec_f float64[k, 6] (units, entry_price, exit_price, fees,
     pnl, return), state_out)`` with one record per trade closed in this batch.
     """
     n = close.shape[0]
-    # Every trade needs an entry, every entry a signal: this batch's non-zero signals, plus the
+    # The bars with a signal. Every trade needs an entry, every entry a signal: these, plus the
     # pending one and the position carried in from the previous batch, bound the records.
-    cap = 2
-    for i in range(n):
-        if signals[i] != 0:
-            cap += 1
+    events = _events_nb(signals)
+    cap = events.shape[0] + 1  # events ends with a sentinel
     rec_i = np.empty((cap, 2), dtype=np.int64)
     rec_s = np.empty((cap, 2), dtype=np.int8)
     rec_f = np.empty((cap, _R_FLOATS), dtype=np.float64)
     has_stops = not (math.isnan(stop_loss) and math.isnan(take_profit))
     has_stops = has_stops or not math.isnan(trailing_stop)
+    folding = fold_buffer.shape[0] > 0
+    lanes = fold[:12]
+    (f_count, f_shift, f_found, f_last, f_next, f_peak, f_peak_bar, f_depth, f_best, f_trough,
+     f_screen, f_level, f_recovery, f_len, f_odd, f_exposed) = fold_load_nb(fold)  # fmt: skip
+    initial = state[_S_CASH]
 
     cash = state[_S_CASH]
     side = state[_S_SIDE]
@@ -490,18 +540,13 @@ def simulate_nb(  # noqa: PLR0912, PLR0915, PLR0917
     committed = state[_S_COMMITTED]
     pending = np.int64(state[_S_PENDING])
     k = 0
-    # Without stops, a bar with no signal and no fill pending only moves the equity: such runs
-    # are skipped to the next signal and their equity written in one vectorised loop.
-    last = n - 1 if close_at_end else n  # the last bar closes the position: never skipped
+    # Each step acts on bar i, then the bars up to the next one that can act (a signal, a fill
+    # pending, a stop to check while a position is open, the last bar with close_at_end) change
+    # nothing but the equity: they are written (or folded) with bar i in one vectorised run.
+    last = n - 1 if close_at_end else n  # the last bar closes the position: a step of its own
+    e = 0
     i = 0
     while i < n:
-        if not has_stops and pending == 0 and i < last and signals[i] == 0:
-            j = i + 1
-            while j < last and signals[j] == 0:
-                j += 1
-            _hold_nb(equity[i:j], position[i:j], close[i:j], cash, side * units, side)
-            i = j
-            continue
         bar = offset + i
         # 1. next_open: the signal of the previous bar fills at this open.
         if pending != 0:
@@ -547,10 +592,69 @@ def simulate_nb(  # noqa: PLR0912, PLR0915, PLR0917
                 entry_fee, committed, fill, paid,
             )  # fmt: skip
             side, units, entry_price, entry_fee, entry_bar, extreme, committed = _FLAT
-        # 5. Equity and position after the bar.
-        equity[i] = cash + side * units * close[i]
-        position[i] = np.int8(side)
-        i += 1
+        # The next bar that can act.
+        while events[e] <= i:
+            e += 1
+        j = i + 1
+        if pending == 0 and not (has_stops and side != 0.0):
+            j = max(min(events[e], last), j)
+        # 5. Equity and position after bars i .. j - 1.
+        if not folding:
+            _hold_nb(equity, position, close, i, j, cash, side * units, side)
+            i = j
+            continue
+        # The equity fold (backtests.metrics): bars i .. j - 1 hold cash and exposure.
+        exposure = side * units
+        if i == 0:  # bar 0's return: the moments' shift when it is finite
+            first = (cash + exposure * close[0]) / initial - 1.0
+            if math.isfinite(first):
+                f_shift, f_found = first, True
+            f_last = initial
+        # Flat (cash only, and the shift 0): the bars after the first one equal to the equity
+        # before them have returns of exactly 0, exact zeros in the sums: only counted.
+        end = j
+        if exposure == 0.0 and cash > 0.0 and f_found and f_shift == 0.0:
+            if cash == f_last:
+                f_count += j - i
+                i = j
+                continue
+            end = i + 1
+        if i != f_next:  # after a skipped run: pad to bar i's lane with exact zeros
+            if f_len + 3 >= fold_buffer.shape[0]:
+                f_shift, f_found = fold_flush_nb(fold_buffer, f_len, f_shift, f_found, f_odd, lanes)
+                f_len = 0
+                f_odd = False
+            plain = f_found and f_shift == 0.0
+            pad = (i - f_len) & 3  # both are non-negative: i % 4 == (f_len + pad) % 4
+            fold_buffer[f_len : f_len + pad] = 0.0 if plain else np.nan
+            f_len += pad
+            f_odd = f_odd or not plain
+        t = i
+        while t < end:
+            if f_len == fold_buffer.shape[0]:  # a multiple of 4: bar t is in lane 0
+                f_shift, f_found = fold_flush_nb(fold_buffer, f_len, f_shift, f_found, f_odd, lanes)
+                f_len = 0
+                f_odd = False
+            stop = min(end, t + fold_buffer.shape[0] - f_len)
+            (f_len, finite, f_last, f_peak, f_peak_bar, f_depth, f_best, f_trough, f_screen,
+             f_level, f_recovery) = fold_bars_nb(
+                fold_buffer, close, t, stop, f_len, cash, exposure, f_last, f_peak, f_peak_bar,
+                f_depth, f_best, f_trough, f_screen, f_level, f_recovery,
+            )  # fmt: skip
+            f_count += finite
+            f_odd = f_odd or finite < stop - t
+            t = stop
+        if exposure != 0.0:
+            f_exposed += j - i
+        f_count += j - end
+        f_next = end
+        i = j
+    if folding:
+        fold_store_nb(
+            fold,
+            (f_count, f_shift, f_found, f_last, f_next, f_peak, f_peak_bar, f_depth, f_best,
+             f_trough, f_screen, f_level, f_recovery, f_len, f_odd, f_exposed),
+        )  # fmt: skip
 
     state_out = np.empty(STATE_SIZE, dtype=np.float64)
     state_out[_S_CASH] = cash
@@ -700,6 +804,12 @@ def _signal_array(signals: object, n: int) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+# simulate_nb's fold arguments when it writes the equity instead.
+_NO_FOLD = np.zeros(FOLD_SIZE)
+_NO_FOLD_BUFFER = np.empty(0)
+_NO_POSITION = np.empty(0, dtype=np.int8)
+
+
 def simulate(
     open_: object,
     high: object,
@@ -736,7 +846,7 @@ def simulate(
             raise ValueError(f"state must have shape ({STATE_SIZE},), got {state.shape}")
     equity, position, rec_i, rec_s, rec_f, state_out = simulate_nb(
         arrays[0], arrays[1], arrays[2], close, sig, state, int(offset), *opts.kernel_args(),
-        np.empty(n, dtype=np.float64), np.empty(n, dtype=np.int8),
+        np.empty(n, dtype=np.float64), np.empty(n, dtype=np.int8), _NO_FOLD, _NO_FOLD_BUFFER,
     )  # fmt: skip
     trades = TradeRecords(
         entry_bar=rec_i[:, 0].copy(),
@@ -1022,18 +1132,39 @@ def signals_metrics(
     periods_per_year: float,
 ) -> dict[str, float]:
     """The metrics of simulating ``signals`` over ``prices`` (open, high, low, close arrays):
-    ``backtest_metrics`` once the signals are known. A sweep extracts the prices once and
-    calls this per combination."""
-    simulation = simulate(*prices, signals, options=options)
-    state = simulation.state
-    still_open = state[_S_SIDE] != 0.0 and len(signals) > 0
-    fees = float(simulation.trades.fees.sum()) + (float(state[_S_ENTRY_FEE]) if still_open else 0.0)
-    return compute_metrics(
-        simulation.equity,
-        options.cash,
-        simulation.trades.pnl,
-        simulation.position,
-        periods_per_year,
+    ``backtest_metrics`` once the signals are known, equal bit for bit to ``compute_metrics`` of
+    ``simulate``'s result. A sweep extracts the prices once and calls this per combination:
+    the simulation feeds an equity fold (``backtests.metrics``) instead of writing a curve per
+    bar, so nothing per bar is kept or allocated."""
+    close = _price_array("close", prices[3], None)
+    n = close.shape[0]
+    open_, high, low = (
+        _price_array(name, values, n)
+        for name, values in zip(("open", "high", "low"), prices[:3], strict=True)
+    )
+    sig = _signal_array(signals, n)
+    fold = fold_new_nb(options.cash)
+    buffer = np.empty(FOLD_BUFFER)
+    _, _, _, _, rec_f, state = simulate_nb(
+        open_, high, low, close, sig, initial_state(options.cash), 0, *options.kernel_args(),
+        _NO_FOLD_BUFFER, _NO_POSITION, fold, buffer,
+    )  # fmt: skip
+    stats = fold_finish_nb(fold, buffer)
+    still_open = state[_S_SIDE] != 0.0 and n > 0
+    # The same arrays and sums as simulate's records and build_result.
+    pnl = rec_f[:, _R_PNL].copy()
+    fees = float(rec_f[:, _R_FEES].copy().sum())
+    if still_open:
+        fees += float(state[_S_ENTRY_FEE])
+    folded = dict(zip(FOLD_FIELDS, fold[12:], strict=True))
+    return metrics_from_stats(
+        stats,
+        n=n,
+        final=float(folded["last"]) if n else options.cash,
+        initial=options.cash,
+        pnl=pnl,
+        exposed=float(folded["exposed"]) / n if n else 0.0,
+        bars_per_year=periods_per_year,
         open_trades=int(still_open),
         total_fees=fees,
     )

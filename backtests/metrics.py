@@ -35,6 +35,9 @@ import pandas as pd
 from numba import njit
 
 __all__ = [
+    "FOLD_BUFFER",
+    "FOLD_FIELDS",
+    "FOLD_SIZE",
     "METRIC_NAMES",
     "SECONDS_PER_YEAR",
     "bar_returns",
@@ -46,8 +49,15 @@ __all__ = [
     "equity_stats_nb",
     "expectancy",
     "exposure",
+    "fold_bars_nb",
+    "fold_finish_nb",
+    "fold_flush_nb",
+    "fold_load_nb",
+    "fold_new_nb",
+    "fold_store_nb",
     "json_safe",
     "max_drawdown",
+    "metrics_from_stats",
     "profit_factor",
     "sharpe_ratio",
     "sortino_ratio",
@@ -134,11 +144,15 @@ def cagr(equity: np.ndarray, initial: float, bars_per_year: float) -> float:
     past the float range (about 1e308).
     """
     n = len(equity)
+    return _cagr(float(equity[-1]) if n else float(initial), n, initial, bars_per_year)
+
+
+def _cagr(final: float, n: int, initial: float, bars_per_year: float) -> float:
     if n == 0:
         return 0.0
     if not math.isfinite(bars_per_year) or bars_per_year <= 0:
         return math.nan
-    growth = float(equity[-1]) / initial
+    growth = final / initial
     if growth <= 0:
         return -1.0
     exponent = math.log(growth) * bars_per_year / n
@@ -390,6 +404,207 @@ def equity_stats_nb(
     return count, mean, deviations, below, depth, peak_bar, trough, recovery
 
 
+# ---------------------------------------------------------------------------------------------
+# The equity fold: the statistics of an equity curve fed in runs of bars, without the curve. A
+# parameter sweep simulates each combination this way (``simulate_nb`` with a fold), and the
+# results equal ``equity_stats_nb``'s of the curve bit for bit.
+#
+# Every bar of a run takes its drawdown step at once (the recovery is followed online) and
+# writes its return into a buffer of ``FOLD_BUFFER`` values, at a position in the same lane
+# (``i % 4``) as its bar; a full buffer goes through ``_moments_into_nb``, so the sums are
+# ``equity_moments_nb``'s. A run of bars whose equity equals the last bar's (flat: cash only)
+# is only counted: its returns are exactly 0 (the equity before is positive), which add exact
+# zeros to every sum as long as the moments' shift is 0 (bar 0's return, known once bar 0 is
+# fed; otherwise the run is fed bar by bar like any other), and a repeated value never moves
+# the peak, the drawdown or the recovery. The next run's first return then lands in its own
+# lane after padding that adds exact zeros.
+#
+# The running state is a tuple of scalars that the simulation keeps in registers (``FoldState``
+# fields, in order); ``fold_new`` and ``fold_stats`` convert it from and to a float64 array.
+# ---------------------------------------------------------------------------------------------
+
+FOLD_BUFFER = 4096
+#: Fields of the fold state tuple, in order.
+FOLD_FIELDS: tuple[str, ...] = (
+    "count",  # finite returns so far
+    "shift",  # the moments' shift: the first finite return
+    "found",  # 1 once the shift is known
+    "last",  # equity of the last bar fed (the initial cash before any)
+    "next_bar",  # the bar expected next (a later one: a flat run was skipped)
+    "peak",  # running peak value
+    "peak_bar",  # its bar (-1: the initial cash)
+    "depth",  # deepest drawdown so far (fraction)
+    "best_peak",  # the peak bar before it
+    "trough",  # its trough bar (-1: none)
+    "screen",  # ``_drawdown_step_nb``'s screen
+    "level",  # the equity that recovers the deepest drawdown
+    "recovery",  # first bar after the trough back at the level (-1: not yet)
+    "length",  # returns in the buffer
+    "odd",  # 1 when the buffer holds a non-finite return or NaN padding
+    "exposed",  # bars fed with a position
+)
+FOLD_SIZE = 12 + len(FOLD_FIELDS)  # the twelve moment sums, then the fields
+
+
+@njit(cache=True)
+def fold_new_nb(initial: float) -> np.ndarray:
+    """A fresh fold (as an array) of an equity curve that starts from ``initial`` cash."""
+    fold = np.zeros(FOLD_SIZE)
+    state = fold[12:]
+    state[3] = initial  # last
+    state[5] = initial  # peak
+    state[6] = -1.0  # peak_bar
+    state[8] = -1.0  # best_peak
+    state[9] = -1.0  # trough
+    state[10] = initial * (1.0 + 1e-9)  # screen
+    state[12] = -1.0  # recovery
+    return fold
+
+
+@njit(cache=True, inline="always")
+def fold_load_nb(fold: np.ndarray) -> tuple:
+    """The state tuple of a fold array."""
+    s = fold[12:]
+    return (
+        np.int64(s[0]), s[1], s[2] != 0.0, s[3], np.int64(s[4]), s[5], np.int64(s[6]), s[7],
+        np.int64(s[8]), np.int64(s[9]), s[10], s[11], np.int64(s[12]), np.int64(s[13]),
+        s[14] != 0.0, np.int64(s[15]),
+    )  # fmt: skip
+
+
+@njit(cache=True, inline="always")
+def fold_store_nb(fold: np.ndarray, state: tuple) -> None:
+    """Write the state tuple back into the fold array."""
+    s = fold[12:]
+    (s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], s[12], s[13],
+     s[14], s[15]) = state  # fmt: skip
+
+
+@njit(cache=True)
+def fold_flush_nb(  # noqa: PLR0917 - numba: positional arguments
+    buffer: np.ndarray, length: int, shift: float, found: bool, odd: bool, lanes: np.ndarray
+) -> tuple[float, bool]:
+    """Fold ``buffer[:length]`` (position ``i`` in lane ``i % 4``) into the moment sums
+    ``lanes``; the shift is the first finite value when it was not known. Returns ``(shift,
+    found)``."""
+    block = buffer[:length]
+    if not found:
+        for v in block:
+            if math.isfinite(v):
+                shift = v
+                found = True
+                break
+    if not odd and shift == 0.0:  # finite returns, padding 0.0: the plain sums
+        _plain_moments_into_nb(block, lanes)
+    else:
+        _moments_into_nb(block, 0, shift, lanes)
+    return shift, found
+
+
+@njit(cache=True)
+def _plain_moments_into_nb(values: np.ndarray, acc: np.ndarray) -> None:
+    """``_moments_into_nb(values, 0, 0.0, acc)`` for finite ``values``, without its NaN
+    handling (half its time): with the shift 0, ``d`` is the value and ``min(v, 0) ** 2``
+    equals ``_lane_nb``'s downside term bit for bit."""
+    n = values.shape[0]
+    s0, s1, s2, s3 = acc[0], acc[1], acc[2], acc[3]
+    q0, q1, q2, q3 = acc[4], acc[5], acc[6], acc[7]
+    n0, n1, n2, n3 = acc[8], acc[9], acc[10], acc[11]
+    whole = n - n % 4
+    for i in range(0, whole, 4):
+        v0, v1, v2, v3 = values[i], values[i + 1], values[i + 2], values[i + 3]
+        s0 += v0
+        s1 += v1
+        s2 += v2
+        s3 += v3
+        q0 += v0 * v0
+        q1 += v1 * v1
+        q2 += v2 * v2
+        q3 += v3 * v3
+        b0, b1, b2, b3 = min(v0, 0.0), min(v1, 0.0), min(v2, 0.0), min(v3, 0.0)
+        n0 += b0 * b0
+        n1 += b1 * b1
+        n2 += b2 * b2
+        n3 += b3 * b3
+    for i in range(whole, n):  # the last 0-3 values: lanes 0, 1, 2
+        v = values[i]
+        b = min(v, 0.0)
+        if i % 4 == 0:
+            s0, q0, n0 = s0 + v, q0 + v * v, n0 + b * b
+        elif i % 4 == 1:
+            s1, q1, n1 = s1 + v, q1 + v * v, n1 + b * b
+        else:
+            s2, q2, n2 = s2 + v, q2 + v * v, n2 + b * b
+    acc[0], acc[1], acc[2], acc[3] = s0, s1, s2, s3
+    acc[4], acc[5], acc[6], acc[7] = q0, q1, q2, q3
+    acc[8], acc[9], acc[10], acc[11] = n0, n1, n2, n3
+
+
+@njit(cache=True, error_model="numpy")
+def fold_bars_nb(  # noqa: PLR0917 - numba: one loop, positional scalars
+    buffer: np.ndarray,
+    close: np.ndarray,
+    a: int,
+    b: int,
+    length: int,
+    cash: float,
+    exposure: float,
+    last: float,
+    peak: float,
+    peak_bar: int,
+    depth: float,
+    best_peak: int,
+    trough: int,
+    screen: float,
+    level: float,
+    recovery: int,
+) -> tuple[int, int, float, float, int, float, int, int, float, float, int]:
+    """Feed bars ``a .. b - 1`` whose equity is ``cash + exposure * close`` (``buffer`` has room
+    for them after ``length``): their returns into the buffer, their drawdown steps. Returns
+    ``(length, finite returns, last, peak, peak_bar, depth, best_peak, trough, screen, level,
+    recovery)``. A function of its own, with scalars in and out: inside the simulation's loop
+    this loop ran three times slower."""
+    finite = 0
+    for i in range(a, b):
+        value = cash + exposure * close[i]
+        r = value / last - 1.0 if last > 0.0 else np.nan
+        buffer[length] = r
+        length += 1
+        finite += math.isfinite(r)
+        last = value
+        # _drawdown_step_nb, with the recovery of the deepest drawdown followed.
+        if value > peak:
+            peak, peak_bar = value, i
+            screen = peak * (1.0 - depth) * (1.0 + 1e-9)
+        elif value < screen and peak > 0.0:
+            dd = 1.0 - value / peak
+            if dd > depth:
+                depth, best_peak, trough = dd, peak_bar, i
+                screen = peak * (1.0 - depth) * (1.0 + 1e-9)
+                level, recovery = peak, -1
+        if recovery < 0 and trough >= 0 and value >= level:
+            recovery = i
+    return (length, finite, last, peak, peak_bar, depth, best_peak, trough, screen, level,
+            recovery)  # fmt: skip
+
+
+@njit(cache=True)
+def fold_finish_nb(
+    fold: np.ndarray, buffer: np.ndarray
+) -> tuple[int, float, float, float, float, int, int, int]:
+    """Fold what is buffered; ``(count, mean, squares, downside, depth, peak, trough,
+    recovery)`` as ``equity_stats_nb`` gives them."""
+    s = fold[12:]
+    lanes = fold[:12]
+    shift, found = s[1], s[2] != 0.0
+    length = np.int64(s[13])
+    if length:
+        shift, found = fold_flush_nb(buffer, length, shift, found, s[14] != 0.0, lanes)
+    count, mean, squares, downside = _finish_nb(np.int64(s[0]), shift, lanes)
+    return (count, mean, squares, downside, s[7], np.int64(s[8]), np.int64(s[9]),
+            np.int64(s[12]))  # fmt: skip
+
+
 def max_drawdown(equity: np.ndarray, initial: float) -> tuple[float, int]:
     """``(depth, duration)`` of the deepest drawdown.
 
@@ -469,13 +684,39 @@ def compute_metrics(
     """
     equity = np.ascontiguousarray(equity, dtype=np.float64)
     # One fused pass: equal to sharpe_ratio(bar_returns(...)), max_drawdown(...), etc.
-    count, mean, squares, downside, depth, peak, trough, recovery = equity_stats_nb(
-        equity, float(initial)
+    return metrics_from_stats(
+        equity_stats_nb(equity, float(initial)),
+        n=equity.shape[0],
+        final=float(equity[-1]) if equity.size else float(initial),
+        initial=initial,
+        pnl=pnl,
+        exposed=exposure(position),
+        bars_per_year=bars_per_year,
+        open_trades=open_trades,
+        total_fees=total_fees,
     )
-    duration = _duration(equity.shape[0], peak, trough, recovery)
+
+
+def metrics_from_stats(
+    stats: tuple[int, float, float, float, float, int, int, int],
+    *,
+    n: int,
+    final: float,
+    initial: float,
+    pnl: np.ndarray,
+    exposed: float,
+    bars_per_year: float,
+    open_trades: int = 0,
+    total_fees: float = 0.0,
+) -> dict[str, float]:
+    """``compute_metrics`` from a pass over the equity: ``stats`` as ``equity_stats_nb`` (or
+    ``fold_finish_nb``) gives them, ``n`` bars, the ``final`` equity (``initial`` without bars)
+    and the ``exposed`` share of bars (``exposure``)."""
+    count, mean, squares, downside, depth, peak, trough, recovery = stats
+    duration = _duration(n, peak, trough, recovery)
     return {
-        "total_return": total_return(equity, initial),
-        "cagr": cagr(equity, initial, bars_per_year),
+        "total_return": final / initial - 1.0 if n else 0.0,
+        "cagr": _cagr(final, n, initial, bars_per_year),
         "sharpe": _sharpe(count, mean, squares, bars_per_year),
         "sortino": _sortino(count, mean, downside, bars_per_year),
         "max_drawdown": float(depth),
@@ -483,10 +724,10 @@ def compute_metrics(
         "win_rate": win_rate(pnl),
         "profit_factor": profit_factor(pnl),
         "expectancy": expectancy(pnl),
-        "exposure": exposure(position),
+        "exposure": float(exposed),
         "n_trades": len(pnl),
         "open_trades": int(open_trades),
-        "final_equity": float(equity[-1]) if equity.size else float(initial),
+        "final_equity": float(final),
         "total_fees": float(total_fees),
         "bars_per_year": float(bars_per_year),
     }

@@ -24,12 +24,15 @@ machine, returns the same rows.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -40,9 +43,10 @@ from backtests.metrics import METRIC_NAMES, bars_per_year
 from backtests.parallel import frame_arrays, frame_from_arrays, resolve_strategy, shared_arrays
 from strategies.base import (
     BaseStrategy,
+    OHLCVArrays,
     StrategyParameterError,
     ohlcv_arrays,
-    signals_evaluator,
+    sweep_evaluator,
     validate_ohlcv,
 )
 
@@ -184,6 +188,22 @@ def _chunks(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[st
 # ---------------------------------------------------------------------------------------------
 
 
+class _SweepData(NamedTuple):
+    """A sweep's data, validated once: the frame, its arrays and prices, its bars per year."""
+
+    frame: pd.DataFrame
+    arrays: OHLCVArrays
+    prices: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    periods: float
+
+
+def _sweep_data(data_arrays: Mapping[str, np.ndarray]) -> _SweepData:
+    frame = validate_ohlcv(frame_from_arrays(data_arrays))
+    arrays = ohlcv_arrays(frame)
+    prices = (arrays.open, arrays.high, arrays.low, arrays.close)
+    return _SweepData(frame, arrays, prices, bars_per_year(frame.index))
+
+
 def sweep_chunk(
     data_arrays: Mapping[str, np.ndarray],
     strategy: str | type[BaseStrategy],
@@ -200,24 +220,52 @@ def sweep_chunk(
     order, the parameters cleaned (defaults filled in), the metrics those of
     ``backtests.metrics.compute_metrics``. Only numbers and parameter values are returned.
     """
-    cls = resolve_strategy(strategy)
+    return _evaluate(_sweep_data(data_arrays), resolve_strategy(strategy), combos, engine_kwargs)
+
+
+def _evaluate(
+    data: _SweepData,
+    cls: type[BaseStrategy],
+    combos: Sequence[Mapping[str, Any]],
+    engine_kwargs: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """``sweep_chunk`` on data validated once (a sweep in threads shares it across chunks)."""
     options = EngineOptions.from_kwargs(engine_kwargs)
-    # Validated once: per combination only the signals and the simulation run.
-    frame = validate_ohlcv(frame_from_arrays(data_arrays))
-    periods = bars_per_year(frame.index)
-    arrays = ohlcv_arrays(frame)
-    prices = (arrays.open, arrays.high, arrays.low, arrays.close)
-    signals_of = signals_evaluator(cls)
-    rows = []
-    for combo in combos:
-        params = cls.clean_parameters(combo)
+    cleaned = [cls.clean_parameters(combo) for combo in combos]
+    for params in cleaned[:1]:
         clash = set(params) & set(METRIC_NAMES)
         if clash:
             raise ValueError(f"parameter names {sorted(clash)} clash with metric names")
-        signals = np.asarray(signals_of(frame, arrays, params), dtype=np.int8)
-        metrics = signals_metrics(prices, signals, options, periods)
+    # Per combination only the signals and the simulation run; what the combinations share (a
+    # strategy's signals_for_sweep) is computed once per chunk.
+    signals_of = sweep_evaluator(cls, data.frame, data.arrays, cleaned)
+    rows = []
+    for params in cleaned:
+        signals = np.asarray(signals_of(params), dtype=np.int8)
+        metrics = signals_metrics(data.prices, signals, options, data.periods)
         rows.append({**params, **metrics})
     return rows
+
+
+def _in_threads(
+    fn: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+    chunks: Iterator[list[dict[str, Any]]],
+    workers: int,
+) -> Iterator[list[dict[str, Any]]]:
+    """``fn(chunk)`` for each chunk, in order, on ``workers`` threads (in this thread when 1).
+    At most two chunks per thread are in flight, so the combinations are still produced
+    lazily and memory does not grow with their number."""
+    if workers == 1:
+        yield from map(fn, chunks)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: collections.deque = collections.deque()
+        for chunk in chunks:
+            pending.append(pool.submit(fn, chunk))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _table(rows: list[dict[str, Any]], names: Sequence[str]) -> pd.DataFrame:
@@ -268,12 +316,19 @@ def sweep(
     in_process = workers == 1 or backend == "threading"
     sharing = contextlib.nullcontext if in_process else shared_arrays
     with sharing(frame_arrays(frame)) as arrays:
-        tasks = (
-            delayed(sweep_chunk)(arrays, cls, chunk, options.as_dict())
-            for chunk in _chunks(valid, chunk_size)
-        )
-        parallel = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")
-        tables = [_table(rows, names) for rows in parallel(tasks)]
+        if in_process:
+            # One validated copy for every chunk; threads of our own (a joblib threading pool
+            # costs ~20 ms to start, more than a 100-combination sweep takes).
+            data = _sweep_data(arrays)
+            evaluate = functools.partial(_evaluate, data, cls, engine_kwargs=options.as_dict())
+            done = _in_threads(evaluate, _chunks(valid, chunk_size), workers)
+        else:
+            tasks = (
+                delayed(sweep_chunk)(arrays, cls, chunk, options.as_dict())
+                for chunk in _chunks(valid, chunk_size)
+            )
+            done = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")(tasks)
+        tables = [_table(rows, names) for rows in done]
     if tables:
         results = pd.concat(tables, ignore_index=True)
     else:

@@ -80,7 +80,10 @@ What the base class does around your methods (so you do not have to):
   parameters)`` computing the same signals from ``OHLCVArrays`` (the columns as float64
   arrays) lets a sweep skip the DataFrame per combination; have ``generate_signals`` call it so
   the two cannot differ (the built-ins do). ``releases_gil = True`` says its time is spent in
-  ``nogil`` numba kernels, so sweeps run it in threads instead of processes.
+  ``nogil`` numba kernels, so sweeps run it in threads instead of processes. A classmethod
+  ``signals_for_sweep(arrays, parameter_sets)`` may go further: it computes once what the
+  parameter sets share (``SMACrossover``: the prefix sums of the closes) and returns a function
+  ``parameters -> signals`` equal to ``signals_from_arrays``.
 
 Never use later bars: no ``shift(-k)``, no statistics over the whole series, no centred windows.
 ``manage.py check_lookahead close_above_sma`` checks it on random data: run it before you trust
@@ -686,6 +689,26 @@ def _unchecked(cls: type[BaseStrategy], attr: str) -> Callable:
     if unchecked is None:  # the abstract base method: calling it explains what to implement
         return lambda cls, frame, params: getattr(cls, attr)(frame, params)
     return unchecked
+
+
+def sweep_evaluator(
+    cls: type[BaseStrategy],
+    frame: pd.DataFrame,
+    arrays: OHLCVArrays,
+    parameter_sets: Sequence[dict],
+) -> Callable[[dict], np.ndarray]:
+    """``f(cleaned_parameters) -> int8 signals`` for a sweep over ``parameter_sets`` (cleaned)
+    on one validated ``frame`` (``arrays`` its ``ohlcv_arrays``): the strategy's
+    ``signals_for_sweep`` when it has one (work the sets share is done once), else
+    ``signals_evaluator``. The output is checked and its warm-up zeroed as ``generate_signals``'
+    is."""
+    for_sweep = getattr(cls, "signals_for_sweep", None)
+    if for_sweep is None:
+        evaluate = signals_evaluator(cls)
+        return lambda params: evaluate(frame, arrays, params)
+    shared = for_sweep(arrays, list(parameter_sets))
+    n = len(frame)
+    return lambda params: _finish_signals(cls, shared(params), n, cls.warmup(params))
 
 
 def signals_evaluator(cls: type[BaseStrategy]) -> Callable:

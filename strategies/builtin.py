@@ -13,6 +13,7 @@ ahead; ``strategies.lookahead`` and the tests check it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,9 @@ from strategies.kernels import (
     ema_cross_signals_nb,
     macd_cross_signals_nb,
     rsi_reentry_signals_nb,
+    sma_cross_from_prefix,
     sma_cross_signals_nb,
+    sma_prefix,
 )
 
 __all__ = [
@@ -168,6 +171,23 @@ class SMACrossover(BaseStrategy):
         return sma_cross_signals_nb(
             arrays.close, parameters["fast"], parameters["slow"], _out(arrays.close)
         )
+
+    @classmethod
+    def signals_for_sweep(
+        cls, arrays: OHLCVArrays, parameter_sets: list[dict[str, Any]]
+    ) -> Callable[[dict[str, Any]], np.ndarray]:
+        """``signals_from_arrays`` for each of ``parameter_sets``, the exact prefix sums of the
+        closes computed once for all of them (``sma_prefix``): per set only its two means and
+        their comparison remain. Equal bit for bit."""
+        close = arrays.close
+        history = max((max(p["fast"], p["slow"]) for p in parameter_sets), default=1)
+        prefix = sma_prefix(close, history)
+
+        def signals(parameters: dict[str, Any]) -> np.ndarray:
+            fast, slow = parameters["fast"], parameters["slow"]
+            return sma_cross_from_prefix(close, prefix, fast, slow, _out(close))
+
+        return signals
 
     @classmethod
     def explain(cls, decision: Decision) -> str:

@@ -14,6 +14,7 @@ OHLCV frames (finite values, strictly increasing times) live here too, as single
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -26,12 +27,15 @@ from strategies.indicators import (
 )
 
 __all__ = [
+    "SMAPrefix",
     "band_reentry_signals_nb",
     "breakout_signals_nb",
     "cross_signals_nb",
     "first_non_finite_nb",
     "first_not_increasing_nb",
     "level_reentry_signals_nb",
+    "sma_cross_from_prefix",
+    "sma_prefix",
 ]
 
 
@@ -473,6 +477,110 @@ def sma_cross_signals_nb(
             _cross_block_nb(diff[:m], out[start:stop])
         a = b2
     return out
+
+
+class SMAPrefix(NamedTuple):
+    """The exact block prefix sums of a series that ``sma_cross_from_prefix`` shares across
+    every ``(fast, slow)`` with both lengths at most ``history`` (``sma_prefix``).
+
+    Block ``k`` covers bars ``k * block .. (k + 1) * block - 1``; its row of ``hi``, ``lo`` and
+    ``changes`` (``_prefix_lanes_nb``'s form) starts at bar ``starts[k]``: ``history`` bars
+    before the block, or bar 0. ``exact`` is False when a block needed the TwoSum fallback
+    (values near 1e300): the readers then compute each pair on its own, since that form's
+    sums depend on where a stretch starts.
+    """
+
+    hi: np.ndarray
+    lo: np.ndarray
+    changes: np.ndarray
+    starts: np.ndarray
+    block: int
+    history: int
+    exact: bool
+
+
+@njit(cache=True, nogil=True)
+def _sma_prefix_rows_nb(x: np.ndarray, history: int, block: int):
+    """``SMAPrefix``'s arrays and ``exact`` (``sma_prefix``)."""
+    size = x.shape[0]
+    blocks = (size + block - 1) // block
+    width = history + block + 1
+    hi = np.empty((blocks, width))
+    lo = np.empty((blocks, width))
+    changes = np.empty((blocks, width), dtype=np.int64)
+    starts = np.empty(blocks, dtype=np.int64)
+    spare = np.empty(1)  # the second lane of _prefix_lanes_nb, not used
+    spare_changes = np.empty(1, dtype=np.int64)
+    exact = True
+    for k in range(blocks):
+        a = k * block
+        starts[k] = max(0, a - history)
+        stretch = x[starts[k] : min(a + block, size)]
+        form = _prefix_lanes_nb(
+            stretch, x[0:0], hi[k], lo[k], changes[k], spare, spare, spare_changes
+        )
+        if form < 0:
+            raise ValueError("sma_prefix: the prices hold a NaN or infinite value")
+        exact = exact and form == 1
+    return hi, lo, changes, starts, exact
+
+
+def sma_prefix(x: np.ndarray, history: int) -> SMAPrefix:
+    """The shared part of ``sma_cross_signals_nb(x, fast, slow)`` for every pair with
+    ``max(fast, slow) <= history``: exact prefix sums per block, each from ``history`` bars
+    before it (the blocks as ``sma_cross_signals_nb``'s for that length). Costs about one
+    ``sma_cross_signals_nb`` call; a NaN or infinite value raises ``ValueError``."""
+    if history < 1:
+        raise ValueError("history must be >= 1")
+    block = max(_BLOCK, 4 * history)
+    hi, lo, changes, starts, exact = _sma_prefix_rows_nb(x, history, block)
+    return SMAPrefix(hi, lo, changes, starts, block, history, bool(exact))
+
+
+@njit(cache=True, nogil=True)
+def _sma_cross_rows_nb(  # noqa: PLR0917 (numba: arguments are positional)
+    x: np.ndarray,
+    hi: np.ndarray,
+    lo: np.ndarray,
+    changes: np.ndarray,
+    starts: np.ndarray,
+    block: int,
+    fast: int,
+    slow: int,
+    out: np.ndarray | None,
+) -> np.ndarray:
+    size = x.shape[0]
+    out = _signals_out(out, size)
+    h = max(fast, slow)
+    diff = np.empty(block + 1)
+    for k in range(starts.shape[0]):
+        start = max(k * block, h)
+        stop = min((k + 1) * block, size)
+        if start >= stop:
+            continue
+        # Bar start - 1 (the previous bar) and the block, at its place in the row's stretch.
+        _sma_pair_block_nb(
+            x[start - 1 : stop], hi[k], lo[k], changes[k], start - 1 - starts[k], fast, slow,
+            diff, True,
+        )  # fmt: skip
+        _cross_block_nb(diff[: stop - start + 1], out[start:stop])
+    return out
+
+
+def sma_cross_from_prefix(
+    x: np.ndarray, prefix: SMAPrefix, fast: int, slow: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """``sma_cross_signals_nb(x, fast, slow, out)``, equal bit for bit, from the prefix sums
+    ``sma_prefix(x, history)`` shared by a parameter sweep (only the two means and their
+    comparison remain per pair). The window sums are correctly rounded whatever bar a stretch
+    starts at, so the means, and the signals, are the single call's."""
+    if fast < 1 or slow < 1:
+        raise ValueError("SMA lengths must be >= 1")
+    if max(fast, slow) > prefix.history or not prefix.exact:
+        return sma_cross_signals_nb(x, fast, slow, out)
+    return _sma_cross_rows_nb(
+        x, prefix.hi, prefix.lo, prefix.changes, prefix.starts, prefix.block, fast, slow, out
+    )
 
 
 @njit(cache=True)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from backtests import optimize
 from backtests.engine import run_backtest
 from backtests.metrics import METRIC_NAMES
 from backtests.optimize import (
@@ -83,17 +84,22 @@ def test_sweep_in_worker_processes_equals_in_process(data) -> None:
 
 
 def test_sweep_of_a_nogil_strategy_runs_in_threads_and_equals_in_process(data, monkeypatch) -> None:
-    backends = []
-    real = joblib.Parallel.__init__
+    pools = []
+    real_pool = optimize.ThreadPoolExecutor
 
-    def spy(self, *args, **kwargs):
-        backends.append(kwargs.get("backend"))
-        real(self, *args, **kwargs)
+    def spy_pool(*args, **kwargs):
+        pools.append(kwargs.get("max_workers"))
+        return real_pool(*args, **kwargs)
 
-    monkeypatch.setattr(joblib.Parallel, "__init__", spy)
+    def no_processes(self, *args, **kwargs):
+        raise AssertionError("a nogil strategy's sweep must not start joblib workers")
+
+    monkeypatch.setattr(optimize, "ThreadPoolExecutor", spy_pool)
+    monkeypatch.setattr(joblib.Parallel, "__init__", no_processes)
     one = grid_search(data, "sma_crossover", GRID, n_jobs=1, chunk_size=3)
+    assert pools == []  # one worker: in this thread
     threads = grid_search(data, "sma_crossover", GRID, n_jobs=2, chunk_size=2)
-    assert backends[-1] == "threading"  # SMACrossover.releases_gil
+    assert pools == [2]  # SMACrossover.releases_gil: two threads of this process
     pd.testing.assert_frame_equal(one.results, threads.results, check_exact=True)
 
 
