@@ -272,24 +272,22 @@ def _exit_nb(  # noqa: PLR0917
     return cash - notional - paid, fill, paid
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _record_nb(  # noqa: PLR0917
     rec_i: np.ndarray,
     rec_s: np.ndarray,
     rec_f: np.ndarray,
     k: int,
-    entry_bar: int,
     exit_bar: int,
-    side: float,
     reason: int,
-    units: float,
-    entry_price: float,
-    entry_fee: float,
-    committed: float,
+    held: tuple[float, float, float, float, int, float],
     exit_price: float,
     exit_fee: float,
 ) -> int:
-    """Write closed trade ``k``; return ``k + 1``."""
+    """Write closed trade ``k`` of the position ``held`` (``side, units, entry_price,
+    entry_fee, entry_bar, committed``); return ``k + 1``. A plain call, not inlined: numba's
+    own inlining of a function with array arguments adds atomic reference counting."""
+    side, units, entry_price, entry_fee, entry_bar, committed = held
     fees = entry_fee + exit_fee
     pnl = side * units * (exit_price - entry_price) - fees
     rec_i[k, 0] = entry_bar
@@ -401,29 +399,32 @@ def _act_nb(  # noqa: PLR0917
     slippage: float,
     size: float,
     allow_short: bool,
-    k: int,
-    rec_i: np.ndarray,
-    rec_s: np.ndarray,
-    rec_f: np.ndarray,
-) -> tuple[int, float, float, float, float, float, int, float, float]:
+) -> tuple[float, float, float, float, float, int, float, float, bool, float, float]:
     """Act on a non-zero signal ``order`` at market ``price`` (the table in the module
-    docstring); returns the new ``(k, cash, side, units, entry_price, entry_fee, entry_bar,
-    extreme, committed)``."""
+    docstring); returns the new ``(cash, side, units, entry_price, entry_fee, entry_bar,
+    extreme, committed)``, then ``(closed, fill, paid)``: whether the position held before was
+    closed, at what fill and fee (the caller records that trade from the position it passed).
+    No arrays in or out: inlined into the kernel's loop, an array argument costs atomic
+    reference counting on every call."""
+    closed = False
+    fill = 0.0
+    paid = 0.0
     if order == side:
-        return k, cash, side, units, entry_price, entry_fee, entry_bar, extreme, committed
+        return (cash, side, units, entry_price, entry_fee, entry_bar, extreme, committed,
+                closed, fill, paid)  # fmt: skip
     if side != 0.0:  # on the other side: close that first
         cash, fill, paid = _exit_nb(side, units, price, cash, fee, slippage)
-        k = _record_nb(
-            rec_i, rec_s, rec_f, k, entry_bar, bar, side, _SIGNAL, units, entry_price,
-            entry_fee, committed, fill, paid,
-        )  # fmt: skip
+        closed = True
         side, units, entry_price, entry_fee, entry_bar, extreme, committed = _FLAT
     if order > 0 or allow_short:
-        cash, opened, fill, paid, base = _entry_nb(order, price, cash, fee, slippage, size)
+        cash, opened, entry_fill, entry_paid, base = _entry_nb(
+            order, price, cash, fee, slippage, size
+        )
         if opened > 0.0:
-            side, units, entry_price, entry_fee = float(order), opened, fill, paid
-            entry_bar, extreme, committed = bar, fill, base
-    return k, cash, side, units, entry_price, entry_fee, entry_bar, extreme, committed
+            side, units, entry_price, entry_fee = float(order), opened, entry_fill, entry_paid
+            entry_bar, extreme, committed = bar, entry_fill, base
+    return (cash, side, units, entry_price, entry_fee, entry_bar, extreme, committed, closed,
+            fill, paid)  # fmt: skip
 
 
 @njit(cache=True, inline="always")
@@ -550,10 +551,14 @@ def simulate_nb(  # noqa: PLR0912, PLR0915, PLR0917
         bar = offset + i
         # 1. next_open: the signal of the previous bar fills at this open.
         if pending != 0:
-            k, cash, side, units, entry_price, entry_fee, entry_bar, extreme, committed = _act_nb(
+            held = (side, units, entry_price, entry_fee, entry_bar, committed)
+            (cash, side, units, entry_price, entry_fee, entry_bar, extreme, committed, closed,
+             fill, paid) = _act_nb(
                 pending, open_[i], bar, cash, side, units, entry_price, entry_fee, entry_bar,
-                extreme, committed, fee, slippage, size, allow_short, k, rec_i, rec_s, rec_f,
+                extreme, committed, fee, slippage, size, allow_short,
             )  # fmt: skip
+            if closed:
+                k = _record_nb(rec_i, rec_s, rec_f, k, bar, _SIGNAL, held, fill, paid)
             pending = 0
         # 2. Stops inside the bar; 3. the trailing extreme takes in the bar.
         if has_stops and side != 0.0:
@@ -563,10 +568,8 @@ def simulate_nb(  # noqa: PLR0912, PLR0915, PLR0917
             )  # fmt: skip
             if reason != _OPEN:
                 cash, fill, paid = _exit_nb(side, units, price, cash, fee, slippage)
-                k = _record_nb(
-                    rec_i, rec_s, rec_f, k, entry_bar, bar, side, reason, units, entry_price,
-                    entry_fee, committed, fill, paid,
-                )  # fmt: skip
+                held = (side, units, entry_price, entry_fee, entry_bar, committed)
+                k = _record_nb(rec_i, rec_s, rec_f, k, bar, reason, held, fill, paid)
                 side, units, entry_price, entry_fee, entry_bar, extreme, committed = _FLAT
             elif side > 0.0:
                 extreme = max(extreme, high[i])
@@ -576,31 +579,39 @@ def simulate_nb(  # noqa: PLR0912, PLR0915, PLR0917
         signal = np.int64(signals[i])
         if signal != 0:
             if fill_at_close:
-                k, cash, side, units, entry_price, entry_fee, entry_bar, extreme, committed = (
-                    _act_nb(
-                        signal, close[i], bar, cash, side, units, entry_price, entry_fee,
-                        entry_bar, extreme, committed, fee, slippage, size, allow_short, k,
-                        rec_i, rec_s, rec_f,
-                    )
+                held = (side, units, entry_price, entry_fee, entry_bar, committed)
+                (cash, side, units, entry_price, entry_fee, entry_bar, extreme, committed,
+                 closed, fill, paid) = _act_nb(
+                    signal, close[i], bar, cash, side, units, entry_price, entry_fee,
+                    entry_bar, extreme, committed, fee, slippage, size, allow_short,
                 )  # fmt: skip
+                if closed:
+                    k = _record_nb(rec_i, rec_s, rec_f, k, bar, _SIGNAL, held, fill, paid)
             else:
                 pending = signal
         if close_at_end and i == n - 1 and side != 0.0:
             cash, fill, paid = _exit_nb(side, units, close[i], cash, fee, slippage)
-            k = _record_nb(
-                rec_i, rec_s, rec_f, k, entry_bar, bar, side, _END, units, entry_price,
-                entry_fee, committed, fill, paid,
-            )  # fmt: skip
+            held = (side, units, entry_price, entry_fee, entry_bar, committed)
+            k = _record_nb(rec_i, rec_s, rec_f, k, bar, _END, held, fill, paid)
             side, units, entry_price, entry_fee, entry_bar, extreme, committed = _FLAT
         # The next bar that can act.
         while events[e] <= i:
             e += 1
         j = i + 1
+        carried = 0
         if pending == 0 and not (has_stops and side != 0.0):
-            j = max(min(events[e], last), j)
+            nxt = events[e]
+            if not fill_at_close and nxt < last:
+                # A next_open signal changes nothing in its own bar (step 4 only makes it
+                # pending): that bar holds like the others, and the next step is its fill.
+                j = nxt + 1
+                carried = np.int64(signals[nxt])
+            else:
+                j = max(min(nxt, last), j)
         # 5. Equity and position after bars i .. j - 1.
         if not folding:
             _hold_nb(equity, position, close, i, j, cash, side * units, side)
+            pending = carried if carried != 0 else pending
             i = j
             continue
         # The equity fold (backtests.metrics): bars i .. j - 1 hold cash and exposure.
@@ -616,6 +627,7 @@ def simulate_nb(  # noqa: PLR0912, PLR0915, PLR0917
         if exposure == 0.0 and cash > 0.0 and f_found and f_shift == 0.0:
             if cash == f_last:
                 f_count += j - i
+                pending = carried if carried != 0 else pending
                 i = j
                 continue
             end = i + 1
@@ -648,6 +660,7 @@ def simulate_nb(  # noqa: PLR0912, PLR0915, PLR0917
             f_exposed += j - i
         f_count += j - end
         f_next = end
+        pending = carried if carried != 0 else pending
         i = j
     if folding:
         fold_store_nb(
@@ -1142,7 +1155,23 @@ def signals_metrics(
         _price_array(name, values, n)
         for name, values in zip(("open", "high", "low"), prices[:3], strict=True)
     )
-    sig = _signal_array(signals, n)
+    return folded_metrics(
+        (open_, high, low, close), _signal_array(signals, n), options, periods_per_year
+    )
+
+
+def folded_metrics(
+    prices: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    signals: np.ndarray,
+    options: EngineOptions,
+    periods_per_year: float,
+) -> dict[str, float]:
+    """``signals_metrics`` without its checks: ``prices`` contiguous float64 arrays of one
+    length and ``signals`` int8 of that length (what a sweep holds after validating its data
+    once)."""
+    open_, high, low, close = prices
+    n = close.shape[0]
+    sig = signals
     fold = fold_new_nb(options.cash)
     buffer = np.empty(FOLD_BUFFER)
     _, _, _, _, rec_f, state = simulate_nb(

@@ -625,33 +625,57 @@ def _duration(n: int, peak: int, trough: int, recovery: int) -> int:
     return int(end - peak)
 
 
+@njit(cache=True)
+def _trade_stats_nb(pnl: np.ndarray) -> tuple[int, float, float, float]:
+    """``(wins, gross profit, gross loss, total)`` of the closed trades' ``pnl``, each sum
+    added in trade order (one pass, the same numbers for a backtest and a sweep's row)."""
+    wins = 0
+    gains = 0.0
+    losses = 0.0
+    total = 0.0
+    for value in pnl:
+        total += value
+        if value > 0:
+            wins += 1
+            gains += value
+        elif value < 0:
+            losses -= value
+    return wins, gains, losses, total
+
+
+def _trade_metrics(pnl: np.ndarray) -> tuple[float, float, float]:
+    """``(win_rate, profit_factor, expectancy)`` of the closed trades (the functions below)."""
+    pnl = np.ascontiguousarray(pnl, dtype=np.float64)
+    n = pnl.shape[0]
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    wins, gains, losses, total = _trade_stats_nb(pnl)
+    if losses > 0:
+        factor = gains / losses
+    else:
+        factor = math.inf if gains > 0 else math.nan
+    return wins / n, factor, total / n
+
+
 def win_rate(pnl: np.ndarray) -> float:
     """Share of closed trades with ``pnl > 0``: ``count(pnl > 0) / count(pnl)``; NaN if none."""
-    if len(pnl) == 0:
-        return math.nan
-    return float(np.count_nonzero(np.asarray(pnl) > 0)) / len(pnl)
+    return _trade_metrics(pnl)[0]
 
 
 def profit_factor(pnl: np.ndarray) -> float:
-    """Gross profit over gross loss: ``sum(pnl[pnl > 0]) / -sum(pnl[pnl < 0])``.
+    """Gross profit over gross loss: ``sum(pnl[pnl > 0]) / -sum(pnl[pnl < 0])`` (each sum in
+    trade order).
 
     NaN without trades or when there is neither profit nor loss; ``+inf`` with profit and no
     loss; 0.0 with losses only.
     """
-    pnl = np.asarray(pnl, dtype=np.float64)
-    gains = float(pnl[pnl > 0].sum())
-    losses = -float(pnl[pnl < 0].sum())
-    if losses > 0:
-        return gains / losses
-    return math.inf if gains > 0 else math.nan
+    return _trade_metrics(pnl)[1]
 
 
 def expectancy(pnl: np.ndarray) -> float:
-    """Average profit per closed trade in money: ``mean(pnl)`` (win rate x average win minus
-    loss rate x average loss). NaN without trades."""
-    if len(pnl) == 0:
-        return math.nan
-    return float(np.mean(pnl))
+    """Average profit per closed trade in money: ``sum(pnl) / count(pnl)`` (win rate x average
+    win minus loss rate x average loss). NaN without trades."""
+    return _trade_metrics(pnl)[2]
 
 
 def exposure(position: np.ndarray) -> float:
@@ -714,6 +738,7 @@ def metrics_from_stats(
     and the ``exposed`` share of bars (``exposure``)."""
     count, mean, squares, downside, depth, peak, trough, recovery = stats
     duration = _duration(n, peak, trough, recovery)
+    wins, factor, average = _trade_metrics(pnl)
     return {
         "total_return": final / initial - 1.0 if n else 0.0,
         "cagr": _cagr(final, n, initial, bars_per_year),
@@ -721,9 +746,9 @@ def metrics_from_stats(
         "sortino": _sortino(count, mean, downside, bars_per_year),
         "max_drawdown": float(depth),
         "max_drawdown_duration": duration,
-        "win_rate": win_rate(pnl),
-        "profit_factor": profit_factor(pnl),
-        "expectancy": expectancy(pnl),
+        "win_rate": wins,
+        "profit_factor": factor,
+        "expectancy": average,
         "exposure": float(exposed),
         "n_trades": len(pnl),
         "open_trades": int(open_trades),

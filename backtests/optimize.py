@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed, effective_n_jobs
 
-from backtests.engine import EngineOptions, signals_metrics
+from backtests.engine import EngineOptions, folded_metrics
 from backtests.metrics import METRIC_NAMES, bars_per_year
 from backtests.parallel import frame_arrays, frame_from_arrays, resolve_strategy, shared_arrays
 from strategies.base import (
@@ -228,10 +228,15 @@ def _evaluate(
     cls: type[BaseStrategy],
     combos: Sequence[Mapping[str, Any]],
     engine_kwargs: Mapping[str, Any] | None = None,
+    *,
+    cleaned: bool = False,
 ) -> list[dict[str, Any]]:
-    """``sweep_chunk`` on data validated once (a sweep in threads shares it across chunks)."""
+    """``sweep_chunk`` on data validated once (a sweep in threads shares it across chunks);
+    ``cleaned``: the combinations were cleaned already (the sweep functions clean them)."""
     options = EngineOptions.from_kwargs(engine_kwargs)
-    cleaned = [cls.clean_parameters(combo) for combo in combos]
+    if not cleaned:
+        combos = [cls.clean_parameters(combo) for combo in combos]
+    cleaned = list(combos)
     for params in cleaned[:1]:
         clash = set(params) & set(METRIC_NAMES)
         if clash:
@@ -241,8 +246,8 @@ def _evaluate(
     signals_of = sweep_evaluator(cls, data.frame, data.arrays, cleaned)
     rows = []
     for params in cleaned:
-        signals = np.asarray(signals_of(params), dtype=np.int8)
-        metrics = signals_metrics(data.prices, signals, options, data.periods)
+        signals = np.ascontiguousarray(signals_of(params))  # int8, one per bar (checked)
+        metrics = folded_metrics(data.prices, signals, options, data.periods)
         rows.append({**params, **metrics})
     return rows
 
@@ -320,7 +325,9 @@ def sweep(
             # One validated copy for every chunk; threads of our own (a joblib threading pool
             # costs ~20 ms to start, more than a 100-combination sweep takes).
             data = _sweep_data(arrays)
-            evaluate = functools.partial(_evaluate, data, cls, engine_kwargs=options.as_dict())
+            evaluate = functools.partial(
+                _evaluate, data, cls, engine_kwargs=options.as_dict(), cleaned=True
+            )
             done = _in_threads(evaluate, _chunks(valid, chunk_size), workers)
         else:
             tasks = (
