@@ -111,7 +111,8 @@ from numba import njit
 
 from backtests.metrics import (
     FOLD_BUFFER,
-    FOLD_FIELDS,
+    FOLD_EXPOSED,
+    FOLD_LAST,
     FOLD_SIZE,
     bars_per_year,
     compute_metrics,
@@ -122,6 +123,7 @@ from backtests.metrics import (
     fold_new_nb,
     fold_store_nb,
     metrics_from_stats,
+    trade_stats_nb,
 )
 
 __all__ = [
@@ -995,9 +997,8 @@ def build_result(
     trades = trades_frame(simulation.trades, index, still_open)
     pnl = simulation.trades.pnl
     # The same sum as backtest_metrics: closed trades, then the open position's entry fee.
-    total_fees = float(simulation.trades.fees.sum())
-    if still_open is not None:
-        total_fees += still_open["fees"]
+    open_fee = still_open["fees"] if still_open is not None else 0.0
+    total_fees = float(trade_fees_nb(simulation.trades.fees, float(open_fee)))
     metrics = compute_metrics(
         simulation.equity,
         options.cash,
@@ -1167,33 +1168,101 @@ def folded_metrics(
     periods_per_year: float,
 ) -> dict[str, float]:
     """``signals_metrics`` without its checks: ``prices`` contiguous float64 arrays of one
-    length and ``signals`` int8 of that length (what a sweep holds after validating its data
-    once)."""
-    open_, high, low, close = prices
+    length and ``signals`` int8 of that length."""
+    return batch_metrics(prices, signals.reshape(1, -1), options, periods_per_year)[0]
+
+
+def batch_metrics(
+    prices: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    signals: np.ndarray,
+    options: EngineOptions,
+    periods_per_year: float,
+) -> list[dict[str, float]]:
+    """The metrics of each row of ``signals`` (int8, one row per parameter set, one column per
+    bar of the contiguous float64 ``prices``): what a sweep keeps per combination. One call of
+    ``fold_batch_nb`` simulates every row without the GIL; Python only names the numbers."""
+    rows = fold_batch_nb(*prices, signals, options.cash, *options.kernel_args())
+    n = prices[3].shape[0]
+    initial = options.cash
+    return [
+        metrics_from_stats(
+            (int(r[0]), r[1], r[2], r[3], r[4], int(r[5]), int(r[6]), int(r[7])),
+            n=n,
+            final=float(r[8]),
+            initial=initial,
+            trades=(int(r[10]), int(r[11]), float(r[12]), float(r[13]), float(r[14])),
+            exposed=float(r[9]) / n if n else 0.0,
+            bars_per_year=periods_per_year,
+            open_trades=int(r[16]),
+            total_fees=float(r[15]),
+        )
+        for r in rows.tolist()
+    ]
+
+
+_BATCH_WIDTH = 17  # fold_batch_nb's numbers per row
+
+
+@njit(cache=True, nogil=True)
+def fold_batch_nb(  # noqa: PLR0917 - numba kernels take positional scalars
+    open_: np.ndarray,
+    high: np.ndarray,
+    low: np.ndarray,
+    close: np.ndarray,
+    signals: np.ndarray,
+    cash: float,
+    fee: float,
+    slippage: float,
+    size: float,
+    fill_at_close: bool,
+    allow_short: bool,
+    stop_loss: float,
+    take_profit: float,
+    trailing_stop: float,
+    close_at_end: bool,
+) -> np.ndarray:
+    """Simulate each row of ``signals`` (int8, rows x bars) from ``cash``, the equity folded
+    (``simulate_nb`` with a fold); one row of numbers each: the fold's ``(count, mean,
+    squares, downside, depth, peak, trough, recovery)``, the final equity, the bars with a
+    position, the closed trades' ``(count, wins, gross profit, gross loss, total pnl)``
+    (``trade_stats_nb``), the fees (closed trades in order, then the open position's entry
+    fee: ``trade_fees_nb``) and 1 when a position is still open."""
+    m = signals.shape[0]
     n = close.shape[0]
-    sig = signals
-    fold = fold_new_nb(options.cash)
+    out = np.empty((m, _BATCH_WIDTH))
+    state = np.zeros(STATE_SIZE)
+    state[_S_CASH] = cash
+    state[_S_ENTRY_BAR] = -1.0
     buffer = np.empty(FOLD_BUFFER)
-    _, _, _, _, rec_f, state = simulate_nb(
-        open_, high, low, close, sig, initial_state(options.cash), 0, *options.kernel_args(),
-        _NO_FOLD_BUFFER, _NO_POSITION, fold, buffer,
-    )  # fmt: skip
-    stats = fold_finish_nb(fold, buffer)
-    still_open = state[_S_SIDE] != 0.0 and n > 0
-    # The same arrays and sums as simulate's records and build_result.
-    pnl = rec_f[:, _R_PNL].copy()
-    fees = float(rec_f[:, _R_FEES].copy().sum())
-    if still_open:
-        fees += float(state[_S_ENTRY_FEE])
-    folded = dict(zip(FOLD_FIELDS, fold[12:], strict=True))
-    return metrics_from_stats(
-        stats,
-        n=n,
-        final=float(folded["last"]) if n else options.cash,
-        initial=options.cash,
-        pnl=pnl,
-        exposed=float(folded["exposed"]) / n if n else 0.0,
-        bars_per_year=periods_per_year,
-        open_trades=int(still_open),
-        total_fees=fees,
-    )
+    no_equity = np.empty(0)
+    no_position = np.empty(0, dtype=np.int8)
+    for row in range(m):
+        fold = fold_new_nb(cash)
+        _, _, _, _, rec_f, end = simulate_nb(
+            open_, high, low, close, signals[row], state, 0, fee, slippage, size,
+            fill_at_close, allow_short, stop_loss, take_profit, trailing_stop, close_at_end,
+            no_equity, no_position, fold, buffer,
+        )  # fmt: skip
+        count, mean, squares, downside, depth, peak, trough, recovery = fold_finish_nb(fold, buffer)
+        still_open = end[_S_SIDE] != 0.0 and n > 0
+        wins, gains, losses, total = trade_stats_nb(rec_f[:, _R_PNL])
+        values = out[row]
+        values[0], values[1], values[2], values[3] = count, mean, squares, downside
+        values[4], values[5], values[6], values[7] = depth, peak, trough, recovery
+        values[8] = fold[FOLD_LAST] if n else cash
+        values[9] = fold[FOLD_EXPOSED]
+        values[10], values[11], values[12] = rec_f.shape[0], wins, gains
+        values[13], values[14] = losses, total
+        values[15] = trade_fees_nb(rec_f[:, _R_FEES], end[_S_ENTRY_FEE] if still_open else 0.0)
+        values[16] = 1.0 if still_open else 0.0
+    return out
+
+
+@njit(cache=True)
+def trade_fees_nb(fees: np.ndarray, open_fee: float) -> float:
+    """The fees of the closed trades added in order, then ``open_fee`` (the open position's
+    entry fee): ``total_fees`` for a backtest and a sweep's row alike."""
+    total = 0.0
+    for value in fees:
+        total += value
+    return total + open_fee

@@ -36,7 +36,9 @@ from numba import njit
 
 __all__ = [
     "FOLD_BUFFER",
+    "FOLD_EXPOSED",
     "FOLD_FIELDS",
+    "FOLD_LAST",
     "FOLD_SIZE",
     "METRIC_NAMES",
     "SECONDS_PER_YEAR",
@@ -62,6 +64,7 @@ __all__ = [
     "sharpe_ratio",
     "sortino_ratio",
     "total_return",
+    "trade_stats_nb",
     "win_rate",
 ]
 
@@ -444,6 +447,8 @@ FOLD_FIELDS: tuple[str, ...] = (
     "exposed",  # bars fed with a position
 )
 FOLD_SIZE = 12 + len(FOLD_FIELDS)  # the twelve moment sums, then the fields
+FOLD_LAST = 12 + FOLD_FIELDS.index("last")  # where a fold array holds the final equity
+FOLD_EXPOSED = 12 + FOLD_FIELDS.index("exposed")  # and the bars with a position
 
 
 @njit(cache=True)
@@ -626,7 +631,7 @@ def _duration(n: int, peak: int, trough: int, recovery: int) -> int:
 
 
 @njit(cache=True)
-def _trade_stats_nb(pnl: np.ndarray) -> tuple[int, float, float, float]:
+def trade_stats_nb(pnl: np.ndarray) -> tuple[int, float, float, float]:
     """``(wins, gross profit, gross loss, total)`` of the closed trades' ``pnl``, each sum
     added in trade order (one pass, the same numbers for a backtest and a sweep's row)."""
     wins = 0
@@ -646,10 +651,16 @@ def _trade_stats_nb(pnl: np.ndarray) -> tuple[int, float, float, float]:
 def _trade_metrics(pnl: np.ndarray) -> tuple[float, float, float]:
     """``(win_rate, profit_factor, expectancy)`` of the closed trades (the functions below)."""
     pnl = np.ascontiguousarray(pnl, dtype=np.float64)
-    n = pnl.shape[0]
+    return _trade_ratios(pnl.shape[0], *trade_stats_nb(pnl))
+
+
+def _trade_ratios(
+    n: int, wins: int, gains: float, losses: float, total: float
+) -> tuple[float, float, float]:
+    """``(win_rate, profit_factor, expectancy)`` from ``trade_stats_nb``'s sums of ``n``
+    closed trades."""
     if n == 0:
         return math.nan, math.nan, math.nan
-    wins, gains, losses, total = _trade_stats_nb(pnl)
     if losses > 0:
         factor = gains / losses
     else:
@@ -708,12 +719,13 @@ def compute_metrics(
     """
     equity = np.ascontiguousarray(equity, dtype=np.float64)
     # One fused pass: equal to sharpe_ratio(bar_returns(...)), max_drawdown(...), etc.
+    pnl = np.ascontiguousarray(pnl, dtype=np.float64)
     return metrics_from_stats(
         equity_stats_nb(equity, float(initial)),
         n=equity.shape[0],
         final=float(equity[-1]) if equity.size else float(initial),
         initial=initial,
-        pnl=pnl,
+        trades=(pnl.shape[0], *trade_stats_nb(pnl)),
         exposed=exposure(position),
         bars_per_year=bars_per_year,
         open_trades=open_trades,
@@ -727,18 +739,19 @@ def metrics_from_stats(
     n: int,
     final: float,
     initial: float,
-    pnl: np.ndarray,
+    trades: tuple[int, int, float, float, float],
     exposed: float,
     bars_per_year: float,
     open_trades: int = 0,
     total_fees: float = 0.0,
 ) -> dict[str, float]:
     """``compute_metrics`` from a pass over the equity: ``stats`` as ``equity_stats_nb`` (or
-    ``fold_finish_nb``) gives them, ``n`` bars, the ``final`` equity (``initial`` without bars)
-    and the ``exposed`` share of bars (``exposure``)."""
+    ``fold_finish_nb``) gives them, ``n`` bars, the ``final`` equity (``initial`` without
+    bars), the closed ``trades`` as ``(count, wins, gross profit, gross loss, total pnl)``
+    (``trade_stats_nb``) and the ``exposed`` share of bars (``exposure``)."""
     count, mean, squares, downside, depth, peak, trough, recovery = stats
     duration = _duration(n, peak, trough, recovery)
-    wins, factor, average = _trade_metrics(pnl)
+    wins, factor, average = _trade_ratios(*trades)
     return {
         "total_return": final / initial - 1.0 if n else 0.0,
         "cagr": _cagr(final, n, initial, bars_per_year),
@@ -750,7 +763,7 @@ def metrics_from_stats(
         "profit_factor": factor,
         "expectancy": average,
         "exposure": float(exposed),
-        "n_trades": len(pnl),
+        "n_trades": int(trades[0]),
         "open_trades": int(open_trades),
         "final_equity": float(final),
         "total_fees": float(total_fees),

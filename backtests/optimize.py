@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed, effective_n_jobs
 
-from backtests.engine import EngineOptions, folded_metrics
+from backtests.engine import EngineOptions, batch_metrics
 from backtests.metrics import METRIC_NAMES, bars_per_year
 from backtests.parallel import frame_arrays, frame_from_arrays, resolve_strategy, shared_arrays
 from strategies.base import (
@@ -68,6 +68,9 @@ MINIMISED = frozenset({"max_drawdown", "max_drawdown_duration"})
 # Upper bound on combinations per chunk: small enough to balance the workers, large enough that
 # the data is sent rarely.
 _MAX_CHUNK = 256
+# Combinations simulated per kernel call, and the most memory their signals may take.
+_BATCH = 32
+_BATCH_BYTES = 8 * 2**20
 
 
 @dataclass
@@ -245,10 +248,15 @@ def _evaluate(
     # strategy's signals_for_sweep) is computed once per chunk.
     signals_of = sweep_evaluator(cls, data.frame, data.arrays, cleaned)
     rows = []
-    for params in cleaned:
-        signals = np.ascontiguousarray(signals_of(params))  # int8, one per bar (checked)
-        metrics = folded_metrics(data.prices, signals, options, data.periods)
-        rows.append({**params, **metrics})
+    n = len(data.frame)
+    # Batches of combinations: their signals side by side, then one simulation call for the
+    # batch that runs without the GIL (the threads of a sweep overlap), Python only for names.
+    batch = max(1, min(_BATCH, _BATCH_BYTES // max(n, 1)))
+    for start in range(0, len(cleaned), batch):
+        group = cleaned[start : start + batch]
+        signals = signals_of(group)  # int8, one row per combination (checked)
+        metrics = batch_metrics(data.prices, signals, options, data.periods)
+        rows.extend({**params, **values} for params, values in zip(group, metrics, strict=True))
     return rows
 
 
@@ -296,7 +304,8 @@ def sweep(
     """Evaluate ``combos`` (validated lazily; refused ones skipped and reported) in chunks over
     ``n_jobs`` joblib workers and rank the rows by ``objective``.
 
-    ``chunk_size`` defaults to about four chunks per worker (at most 256 combinations);
+    ``chunk_size`` defaults to about two chunks per thread, four per worker process (at most
+    256 combinations);
     ``expected`` (the number of combinations, if known) sizes them. ``grid_search`` and
     ``random_search`` are the usual entry points.
     """
@@ -306,19 +315,23 @@ def sweep(
     frame = validate_ohlcv(data)
     names = tuple(spec.name for spec in cls.parameter_specs)
     workers = effective_n_jobs(n_jobs)
+    # A strategy whose kernels release the GIL runs in threads: one copy of the data, no worker
+    # start-up. Otherwise worker processes share one memory-mapped copy of the arrays.
+    if backend is None and workers > 1 and getattr(cls, "releases_gil", False):
+        backend = "threading"
+    in_process = workers == 1 or backend == "threading"
     if chunk_size is None:
+        # Threads take chunks as they free up, and a chunk repeats the work its combinations
+        # share (signals_for_sweep): two per thread. Processes: four per worker, to balance.
         per_worker = math.ceil((expected or _MAX_CHUNK * workers) / (4 * workers))
+        if in_process:
+            per_worker = math.ceil((expected or _MAX_CHUNK * workers) / (2 * workers))
         chunk_size = max(1, min(_MAX_CHUNK, per_worker))
     elif chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
     skipped: list[dict[str, Any]] = []
     valid = _validated(cls, (dict(c) for c in combos), skipped)
-    # A strategy whose kernels release the GIL runs in threads: one copy of the data, no worker
-    # start-up. Otherwise worker processes share one memory-mapped copy of the arrays.
-    if backend is None and workers > 1 and getattr(cls, "releases_gil", False):
-        backend = "threading"
-    in_process = workers == 1 or backend == "threading"
     sharing = contextlib.nullcontext if in_process else shared_arrays
     with sharing(frame_arrays(frame)) as arrays:
         if in_process:

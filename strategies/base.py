@@ -83,7 +83,8 @@ What the base class does around your methods (so you do not have to):
   ``nogil`` numba kernels, so sweeps run it in threads instead of processes. A classmethod
   ``signals_for_sweep(arrays, parameter_sets)`` may go further: it computes once what the
   parameter sets share (``SMACrossover``: the prefix sums of the closes) and returns a function
-  ``parameters -> signals`` equal to ``signals_from_arrays``.
+  from a batch of parameter sets to their signals, one row each, equal to
+  ``signals_from_arrays``'s.
 
 Never use later bars: no ``shift(-k)``, no statistics over the whole series, no centred windows.
 ``manage.py check_lookahead close_above_sma`` checks it on random data: run it before you trust
@@ -696,19 +697,56 @@ def sweep_evaluator(
     frame: pd.DataFrame,
     arrays: OHLCVArrays,
     parameter_sets: Sequence[dict],
-) -> Callable[[dict], np.ndarray]:
-    """``f(cleaned_parameters) -> int8 signals`` for a sweep over ``parameter_sets`` (cleaned)
-    on one validated ``frame`` (``arrays`` its ``ohlcv_arrays``): the strategy's
-    ``signals_for_sweep`` when it has one (work the sets share is done once), else
-    ``signals_evaluator``. The output is checked and its warm-up zeroed as ``generate_signals``'
-    is."""
+) -> Callable[[Sequence[dict]], np.ndarray]:
+    """``f(batch of cleaned parameter sets) -> int8 signals, one row per set`` for a sweep over
+    ``parameter_sets`` (cleaned) on one validated ``frame`` (``arrays`` its ``ohlcv_arrays``):
+    the strategy's ``signals_for_sweep`` when it has one (work the sets share is done once, a
+    batch in one call), else ``signals_evaluator`` set by set. Every row is checked and its
+    warm-up zeroed as ``generate_signals``' output is."""
+    n = len(frame)
     for_sweep = getattr(cls, "signals_for_sweep", None)
     if for_sweep is None:
         evaluate = signals_evaluator(cls)
-        return lambda params: evaluate(frame, arrays, params)
+
+        def one_by_one(batch: Sequence[dict]) -> np.ndarray:
+            out = np.empty((len(batch), n), dtype=np.int8)
+            for row, params in enumerate(batch):
+                out[row] = evaluate(frame, arrays, params)
+            return out
+
+        return one_by_one
     shared = for_sweep(arrays, list(parameter_sets))
-    n = len(frame)
-    return lambda params: _finish_signals(cls, shared(params), n, cls.warmup(params))
+
+    def together(batch: Sequence[dict]) -> np.ndarray:
+        rows = np.asarray(shared(list(batch)))
+        if rows.shape != (len(batch), n):
+            raise ValueError(
+                f"{cls.__name__}.signals_for_sweep returned shape {rows.shape}; expected "
+                f"{(len(batch), n)}"
+            )
+        if rows.dtype != np.int8:  # the general checks and conversion, row by row
+            out = np.empty(rows.shape, dtype=np.int8)
+            for row, params in enumerate(batch):
+                out[row] = _finish_signals(cls, rows[row], n, cls.warmup(params))
+            return out
+        return _finish_rows(cls, rows, batch, n)
+
+    return together
+
+
+def _finish_rows(cls: type, rows: np.ndarray, batch: Sequence[dict], n: int) -> np.ndarray:
+    """``_finish_signals`` for the int8 rows of a batch: values checked once for all, each
+    row's warm-up zeroed in place."""
+    if rows.size and (rows.min() < -1 or rows.max() > 1):
+        row, bar = (int(v[0]) for v in np.nonzero((rows < -1) | (rows > 1)))
+        raise ValueError(
+            f"{cls.__name__}.signals_for_sweep returned {rows[row, bar]} at bar {bar}; "
+            "signals are -1, 0 or 1"
+        )
+    rows = np.ascontiguousarray(rows)
+    for row, params in zip(rows, batch, strict=True):
+        row[: min(cls.warmup(params), n)] = 0
+    return rows
 
 
 def signals_evaluator(cls: type[BaseStrategy]) -> Callable:

@@ -36,7 +36,7 @@ from strategies.kernels import (
     ema_cross_signals_nb,
     macd_cross_signals_nb,
     rsi_reentry_signals_nb,
-    sma_cross_from_prefix,
+    sma_cross_many_from_prefix,
     sma_cross_signals_nb,
     sma_prefix,
 )
@@ -175,17 +175,18 @@ class SMACrossover(BaseStrategy):
     @classmethod
     def signals_for_sweep(
         cls, arrays: OHLCVArrays, parameter_sets: list[dict[str, Any]]
-    ) -> Callable[[dict[str, Any]], np.ndarray]:
-        """``signals_from_arrays`` for each of ``parameter_sets``, the exact prefix sums of the
-        closes computed once for all of them (``sma_prefix``): per set only its two means and
-        their comparison remain. Equal bit for bit."""
+    ) -> Callable[[list[dict[str, Any]]], np.ndarray]:
+        """The signals of a batch of ``parameter_sets`` (one row each, as
+        ``signals_from_arrays`` gives them, bit for bit), with the work they share done once:
+        the exact prefix sums of the closes (``sma_prefix``); per set only its two means and
+        their comparison remain, all the batch's in one call."""
         close = arrays.close
         history = max((max(p["fast"], p["slow"]) for p in parameter_sets), default=1)
         prefix = sma_prefix(close, history)
 
-        def signals(parameters: dict[str, Any]) -> np.ndarray:
-            fast, slow = parameters["fast"], parameters["slow"]
-            return sma_cross_from_prefix(close, prefix, fast, slow, _out(close))
+        def signals(batch: list[dict[str, Any]]) -> np.ndarray:
+            pairs = [(p["fast"], p["slow"]) for p in batch]
+            return sma_cross_many_from_prefix(close, prefix, pairs)
 
         return signals
 

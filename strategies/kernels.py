@@ -14,6 +14,7 @@ OHLCV frames (finite values, strictly increasing times) live here too, as single
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -35,6 +36,7 @@ __all__ = [
     "first_not_increasing_nb",
     "level_reentry_signals_nb",
     "sma_cross_from_prefix",
+    "sma_cross_many_from_prefix",
     "sma_prefix",
 ]
 
@@ -565,6 +567,55 @@ def _sma_cross_rows_nb(  # noqa: PLR0917 (numba: arguments are positional)
         )  # fmt: skip
         _cross_block_nb(diff[: stop - start + 1], out[start:stop])
     return out
+
+
+@njit(cache=True, nogil=True)
+def _sma_cross_many_nb(  # noqa: PLR0917 (numba: arguments are positional)
+    x: np.ndarray,
+    hi: np.ndarray,
+    lo: np.ndarray,
+    changes: np.ndarray,
+    starts: np.ndarray,
+    block: int,
+    fasts: np.ndarray,
+    slows: np.ndarray,
+    out: np.ndarray,
+) -> np.ndarray:
+    """``_sma_cross_rows_nb`` for several pairs in one call (rows of ``out``, int8 pairs x
+    bars), block by block so that each block's prefix rows are read once for all pairs."""
+    size = x.shape[0]
+    out[:] = 0
+    diff = np.empty(block + 1)
+    for k in range(starts.shape[0]):
+        for p in range(fasts.shape[0]):
+            fast = fasts[p]
+            slow = slows[p]
+            start = max(k * block, fast, slow)
+            stop = min((k + 1) * block, size)
+            if start >= stop:
+                continue
+            _sma_pair_block_nb(
+                x[start - 1 : stop], hi[k], lo[k], changes[k], start - 1 - starts[k], fast,
+                slow, diff, True,
+            )  # fmt: skip
+            _cross_block_nb(diff[: stop - start + 1], out[p, start:stop])
+    return out
+
+
+def sma_cross_many_from_prefix(
+    x: np.ndarray, prefix: SMAPrefix, pairs: Sequence[tuple[int, int]]
+) -> np.ndarray:
+    """``sma_cross_from_prefix`` of each ``(fast, slow)`` of ``pairs``, as the rows of one int8
+    array, in one call (equal bit for bit)."""
+    out = np.empty((len(pairs), x.shape[0]), dtype=np.int8)
+    if not prefix.exact or any(max(f, s) > prefix.history or min(f, s) < 1 for f, s in pairs):
+        for row, (fast, slow) in enumerate(pairs):
+            sma_cross_from_prefix(x, prefix, fast, slow, out[row])
+        return out
+    fasts = np.array([f for f, _ in pairs], dtype=np.int64)
+    slows = np.array([s for _, s in pairs], dtype=np.int64)
+    p = prefix
+    return _sma_cross_many_nb(x, p.hi, p.lo, p.changes, p.starts, p.block, fasts, slows, out)
 
 
 def sma_cross_from_prefix(

@@ -12,12 +12,19 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backtests.engine import EngineOptions, run_backtest, signals_metrics, simulate
-from backtests.metrics import bars_per_year, compute_metrics
+from backtests.engine import (
+    EngineOptions,
+    build_result,
+    run_backtest,
+    signals_metrics,
+    simulate,
+)
+from backtests.metrics import bars_per_year
 from backtests.optimize import grid_search
 from strategies.base import ohlcv_arrays, signals_evaluator, sweep_evaluator
 from strategies.builtin import SMACrossover
@@ -29,21 +36,11 @@ from tests.backtests.test_engine import market, options_strategy
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def plain_metrics(prices, signals, options: EngineOptions, periods: float) -> dict:
-    """The metrics the long way: the whole equity curve, then ``compute_metrics``."""
+def plain_metrics(index: pd.DatetimeIndex, prices, signals, options: EngineOptions) -> dict:
+    """The metrics the long way: the whole equity curve, then ``build_result`` (what
+    ``run_backtest`` reports)."""
     simulation = simulate(*prices, signals, options=options)
-    state = simulation.state
-    still_open = state[1] != 0.0 and len(signals) > 0
-    fees = float(simulation.trades.fees.sum()) + (float(state[4]) if still_open else 0.0)
-    return compute_metrics(
-        simulation.equity,
-        options.cash,
-        simulation.trades.pnl,
-        simulation.position,
-        periods,
-        open_trades=int(still_open),
-        total_fees=fees,
-    )
+    return build_result(index, prices[3], signals, simulation, options).metrics
 
 
 def assert_identical(got: dict, expected: dict) -> None:
@@ -64,7 +61,7 @@ def prices_of(data) -> tuple:
 def test_signals_metrics_equals_compute_metrics_of_the_curve(case, options) -> None:
     data, signals = case
     periods = bars_per_year(data.index)
-    expected = plain_metrics(prices_of(data), signals, options, periods)
+    expected = plain_metrics(data.index, prices_of(data), signals, options)
     assert_identical(signals_metrics(prices_of(data), signals, options, periods), expected)
 
 
@@ -91,7 +88,7 @@ def test_long_series_cross_the_fold_buffer(options, seed) -> None:
     signals[at] = rng.choice(np.array([-1, 1], dtype=np.int8), 600)
     opts = EngineOptions(**options)
     periods = bars_per_year(data.index)
-    expected = plain_metrics(prices_of(data), signals, opts, periods)
+    expected = plain_metrics(data.index, prices_of(data), signals, opts)
     assert expected["n_trades"] > 100
     assert_identical(signals_metrics(prices_of(data), signals, opts, periods), expected)
 
@@ -106,7 +103,7 @@ def test_a_trade_on_bar_zero_and_a_ruined_short_take_the_general_path() -> None:
     options = EngineOptions(fill="close", allow_short=True, fee=0.01)
     periods = bars_per_year(data.index)
     sig = np.asarray(signals, dtype=np.int8)
-    expected = plain_metrics(prices_of(data), sig, options, periods)
+    expected = plain_metrics(data.index, prices_of(data), sig, options)
     assert expected["final_equity"] < 0
     assert_identical(signals_metrics(prices_of(data), sig, options, periods), expected)
 
@@ -118,13 +115,13 @@ def test_no_bars_and_no_signals() -> None:
     options = EngineOptions()
     assert_identical(
         signals_metrics(prices_of(data), quiet, options, periods),
-        plain_metrics(prices_of(data), quiet, options, periods),
+        plain_metrics(data.index, prices_of(data), quiet, options),
     )
     empty = tuple(np.empty(0) for _ in range(4))
     none = np.empty(0, dtype=np.int8)
     assert_identical(
         signals_metrics(empty, none, options, math.nan),
-        plain_metrics(empty, none, options, math.nan),
+        plain_metrics(data.index[:0], empty, none, options),
     )
 
 
@@ -199,8 +196,25 @@ def test_sma_crossover_sweep_evaluator_equals_its_plain_signals() -> None:
     sets = [{"fast": f, "slow": s} for f in (1, 3, 12) for s in (15, 40, 90)]
     shared = sweep_evaluator(SMACrossover, data, arrays, sets)
     plain = signals_evaluator(SMACrossover)
-    for params in sets:
-        np.testing.assert_array_equal(shared(params), plain(data, arrays, params))
+    rows = np.concatenate([shared(sets[:4]), shared(sets[4:])])
+    assert rows.dtype == np.int8
+    for row, params in zip(rows, sets, strict=True):
+        np.testing.assert_array_equal(row, plain(data, arrays, params))
+
+
+class Broken(SMACrossover):
+    name = "broken_sweep"
+
+    @classmethod
+    def signals_for_sweep(cls, arrays, parameter_sets):
+        return lambda batch: np.full((len(batch), len(arrays.close)), 2, dtype=np.int8)
+
+
+def test_a_strategy_sweep_hook_is_checked_like_generate_signals() -> None:
+    data = random_walk_ohlcv(500, seed=7)
+    evaluate = sweep_evaluator(Broken, data, ohlcv_arrays(data), [{"fast": 2, "slow": 9}])
+    with pytest.raises(ValueError, match="returned 2 at bar 0"):
+        evaluate([{"fast": 2, "slow": 9}])
 
 
 def test_sweep_rows_equal_run_backtest_metrics_exactly() -> None:
