@@ -26,7 +26,10 @@ sell of the whole position through the path above (its ``client_order_id`` carri
 not at the level, with the exit reason on the ``Trade``. A candle seen again finds its exit
 already placed and sends nothing. While an earlier order is unsettled (or before the first
 reconciliation) the exit is not sent: a ``stop_deferred`` ``BotEvent`` (and a ``stop.deferred``
-event) records it once per candle, and the next candle decides again on the settled ledger.
+event) records it once per candle, and the stop stays triggered: the first candle that may send
+finds it armed (while the ledger still holds that position and no exit went out since) and
+places the exit at market even if the price has come back above the level meanwhile; a
+position the unsettled order turns out to have closed is flat, and nothing is sent.
 
 The bot's ``paper_book`` is its ledger in live mode too: the allocated capital as cash, the
 position as the exchange filled it. It sizes entries exactly as in paper mode.
@@ -292,6 +295,8 @@ class CcxtBroker(Broker):
             trailing_stop=bot.trailing_stop,
         )  # fmt: skip
         if stop is None:
+            stop = self._armed_stop(bot, book)
+        if stop is None:
             paper.take_in_high(book, high)
             return CandleResult()
         reason, level = stop
@@ -300,7 +305,7 @@ class CcxtBroker(Broker):
             return CandleResult()  # this candle's exit is placed already (a candle seen again)
         refusal = self._refusal(None)
         if refusal is not None:
-            self._defer_stop(bot, reason, level, time_ms, refusal)
+            self._defer_stop(bot, reason, level, time_ms, why=refusal, entry_ms=book.entry_ms)
             return CandleResult()
         order = Order(
             bot=bot, client_order_id=client_order_id, side=Order.Side.SELL,
@@ -315,14 +320,44 @@ class CcxtBroker(Broker):
         self.submit(order)
         return CandleResult()
 
-    def _defer_stop(self, bot: Bot, reason: str, level: float, time_ms: int, why: str) -> None:
+    def _armed_stop(self, bot: Bot, book: paper.PaperBook) -> tuple[str, float] | None:
+        """A stop that triggered during the position held now but could not be sent (a
+        ``stop_deferred`` event since its entry) and whose exit has not gone out since: it
+        stays triggered, whatever the price does meanwhile, until an exit is placed (an exit
+        that is then rejected or cancelled arms it again)."""
+        if not book.long:
+            return None
+        deferred = (
+            BotEvent.objects.filter(
+                bot_id=bot.pk, kind=BotEvent.Kind.STOP_DEFERRED, data__entry_ms=book.entry_ms
+            )
+            .order_by("time", "id")
+            .first()
+        )
+        if deferred is None:
+            return None
+        since = ms_to_datetime(int(deferred.data["time_ms"]))
+        placed = Order.objects.filter(
+            bot_id=bot.pk, side=Order.Side.SELL, time__gte=since,
+            status__in=[*Order.ACTIVE, Order.Status.FILLED],
+        )  # fmt: skip
+        if placed.exists():
+            return None
+        return str(deferred.data["reason"]), float(deferred.data["level"])
+
+    def _defer_stop(
+        self, bot: Bot, reason: str, level: float, time_ms: int, *, why: str, entry_ms: int
+    ) -> None:
         """Record (once per candle) a triggered exit that is not sent now."""
         if BotEvent.objects.filter(
             bot_id=bot.pk, kind=BotEvent.Kind.STOP_DEFERRED, data__time_ms=time_ms
         ).exists():
             return
         message = f"{reason} triggered at {level:.8g}, exit not sent: {why}"
-        data = {"reason": reason, "level": level, "time_ms": time_ms, "why": why}
+        data = {
+            "reason": reason, "level": level, "time_ms": time_ms, "why": why,
+            "entry_ms": entry_ms,  # the position it belongs to (the ledger's entry stamp)
+        }  # fmt: skip
         BotEvent.objects.create(
             bot_id=bot.pk, kind=BotEvent.Kind.STOP_DEFERRED, message=message, data=data
         )

@@ -471,6 +471,31 @@ def test_a_deferred_stop_is_decided_again_on_the_next_candle(user, server, live)
     assert Trade.objects.get(bot=bot).exit_reason == "stop_loss"
 
 
+def test_a_deferred_stop_stays_triggered_when_the_price_comes_back(user, server, live):
+    bot, _buy, entry = entered(user, server, stop_loss=0.02)
+    server.go_down()
+    decide(bot, "SELL", 2)  # never reaches the exchange: unknown, then settled as not sent
+    sell = Order.objects.get(bot=bot, side="sell")
+    server.come_up()
+    close_candle(bot, 3, scaled(entry, (1.0, 1.001, 0.97, 0.99)))  # the stop triggers, deferred
+    assert len(events(bot, "stop_deferred")) == 1 and server.order_posts == 1
+    assert reconcile_bot(bot, grace=timedelta(0)).settled == 1
+    assert Order.objects.get(pk=sell.pk).status == Order.Status.REJECTED
+    # The price is back above the level: the stop that triggered still exits, at market.
+    recovered = scaled(entry, (1.0, 1.01, 0.995, 1.005))
+    close_candle(bot, 4, recovered)
+    exit_order = Order.objects.get(bot=bot, reason="stop_loss")
+    assert exit_order.client_order_id == f"tb{bot.pk}-{START_MS + 4 * MINUTE}-ssl"
+    assert exit_order.status == Order.Status.FILLED, exit_order.error
+    assert server.order_posts == 2 and server.balance(KEY)["BTC"] == 0
+    assert Trade.objects.get(bot=bot).exit_reason == "stop_loss"
+    bot.refresh_from_db()
+    assert bot.paper_book["units"] == 0.0
+    # Flat now: later candles send nothing more for that old trigger.
+    close_candle(bot, 5, recovered)
+    assert server.order_posts == 2 and len(events(bot, "stop_deferred")) == 1
+
+
 def test_a_live_loss_starts_the_cooldown_and_the_next_entry_waits(user, server, live):
     bot, _buy, entry = entered(user, server, stop_loss=0.02, cooldown_candles=3)
     close_candle(bot, 2, scaled(entry, (1.0, 1.001, 0.97, 0.99)))  # the stop exits at a loss
