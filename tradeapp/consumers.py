@@ -15,6 +15,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from tradeapp import events
 
 # Close codes in the 4000-4999 range the WebSocket protocol leaves to applications.
+CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
@@ -24,6 +25,9 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
     """Base for every live view: signed-in users only, then a snapshot and the stream's events."""
 
     streams: list[str]
+    #: The close code when ``allowed`` refuses; a route about one object sets
+    #: ``CLOSE_NOT_FOUND`` for an object the user may not see (its existence is not disclosed).
+    refusal_code: int = CLOSE_FORBIDDEN
 
     def allowed(self, user: Any) -> bool:
         """Whether ``user`` (signed in) may watch this route; subclasses narrow it."""
@@ -43,7 +47,7 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         if not await database_sync_to_async(self.allowed)(user):
-            await self.close(code=CLOSE_FORBIDDEN)
+            await self.close(code=self.refusal_code)
             return
         self.streams = self.get_streams()
         for channel in self.streams:

@@ -1,9 +1,19 @@
-"""Every WebSocket route of the platform. Apps add their consumers here as they grow them."""
+"""Every WebSocket route of the platform (the seed's three, and the staff's system events).
+
+``/ws/bot/{bot_id}/status`` and ``/ws/portfolio/{bot_id}``: ``bots.consumers``;
+``/ws/market/{symbol}``: ``marketdata.consumers`` (its docstring: how a symbol such as
+``BTC/USDT`` is written in the URL); ``/ws/system/events``: ``tradeapp.consumers``.
+"""
 
 from django.urls import path
 
+from bots.consumers import BotStatusConsumer, PortfolioConsumer
+from marketdata.consumers import MarketConsumer
 from tradeapp.consumers import SystemEventsConsumer
 
 websocket_urlpatterns = [
+    path("ws/bot/<int:bot_id>/status", BotStatusConsumer.as_asgi()),
+    path("ws/portfolio/<int:bot_id>", PortfolioConsumer.as_asgi()),
+    path("ws/market/<path:symbol>", MarketConsumer.as_asgi()),
     path("ws/system/events", SystemEventsConsumer.as_asgi()),
 ]
