@@ -1,0 +1,75 @@
+"""One shape for every error the API returns.
+
+``{"error": {"status": 400, "code": "invalid", "message": "...", "fields": {"name": ["..."]}}}``:
+``code`` is DRF's machine-readable code (``not_authenticated``, ``permission_denied``,
+``not_found``, ``invalid``, ``throttled``, ``method_not_allowed``, ``parse_error``, ...),
+``message`` a sentence for people and ``fields`` the messages per input field (only for
+validation errors; ``non_field_errors`` for the others). A strategy's parameter errors
+(``StrategyParameterError``) and model validation errors raised by the services become 400s of the
+same shape, never 500s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from rest_framework import exceptions
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+from strategies.base import StrategyParameterError
+
+
+def _flatten(detail: Any) -> Any:
+    """DRF's nested ``ErrorDetail`` structure as plain strings, lists and dicts."""
+    if isinstance(detail, dict):
+        return {str(key): _flatten(value) for key, value in detail.items()}
+    if isinstance(detail, list):
+        return [_flatten(item) for item in detail]
+    return str(detail)
+
+
+def _first_message(fields: dict[str, Any]) -> str:
+    for name, messages in fields.items():
+        text = messages[0] if isinstance(messages, list) and messages else messages
+        if isinstance(text, dict):
+            return _first_message(text)
+        return str(text) if name == "non_field_errors" else f"{name}: {text}"
+    return "Invalid input."
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's handler, then the one error shape (module docstring)."""
+    if isinstance(exc, StrategyParameterError):
+        name = getattr(exc, "parameter", None) or "parameters"
+        exc = exceptions.ValidationError({name: [str(exc)]})
+    elif isinstance(exc, DjangoValidationError):
+        detail = (
+            exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        )
+        exc = exceptions.ValidationError(detail)
+    elif isinstance(exc, Http404):
+        exc = exceptions.NotFound(str(exc) or None)
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied(str(exc) or None)
+    response = exception_handler(exc, context)
+    if response is None:
+        return None  # a real bug: Django's 500, logged
+    code = "error"
+    if isinstance(exc, exceptions.APIException):
+        codes = exc.get_codes()
+        code = codes if isinstance(codes, str) else exc.default_code
+    body: dict[str, Any] = {"status": response.status_code, "code": code}
+    if isinstance(exc, exceptions.ValidationError):
+        detail = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        fields = _flatten(detail)
+        body["code"] = "invalid"
+        body["message"] = _first_message(fields)
+        body["fields"] = fields
+    else:
+        body["message"] = str(getattr(exc, "detail", "")) or "Error."
+    response.data = {"error": body}
+    return response

@@ -1,0 +1,170 @@
+"""What the API shows and accepts. Money is sent as strings of decimals (exact), times as ISO-8601
+in UTC; a bot's strategy parameters are validated by the strategy itself."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from rest_framework import serializers
+
+from bots import services
+from bots.models import Bot, BotEvent, ExchangeAccount, Order, Position, Signal, Trade
+from marketdata.models import Candle, Exchange, Instrument
+from strategies.base import StrategyParameterError
+from strategies.registry import available
+
+
+class ExchangeSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Exchange
+        fields = ["id", "ccxt_id", "name", "kind", "active"]
+
+
+class InstrumentSerializer(serializers.ModelSerializer):
+    exchange = serializers.SlugRelatedField(slug_field="ccxt_id", read_only=True)
+
+    class Meta:
+        model = Instrument
+        fields = ["id", "exchange", "symbol", "active"]
+
+
+class CandleSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Candle
+        fields = ["close_time", "open", "high", "low", "close", "volume", "trades"]
+
+
+class PositionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Position
+        fields = [
+            "id", "bot", "quantity", "entry_price", "entry_time", "mark_price", "unrealized_pnl",
+            "updated_at",
+        ]  # fmt: skip
+
+
+class BotSerializer(serializers.ModelSerializer):
+    """A bot; ``parameters`` are the strategy's (validated and completed with its defaults)."""
+
+    instrument = serializers.PrimaryKeyRelatedField(queryset=Instrument.objects.all())
+    account = serializers.PrimaryKeyRelatedField(
+        queryset=ExchangeAccount.objects.all(), required=False, allow_null=True
+    )
+    strategy = serializers.ChoiceField(choices=[])
+    parameters = serializers.JSONField(required=False, default=dict)
+    position = PositionSerializer(read_only=True)
+
+    class Meta:
+        model = Bot
+        fields = [
+            "id", "name", "strategy", "parameters", "instrument", "timeframe", "mode", "account",
+            "capital", *services.RISK_FIELDS, "status", "status_reason", "last_processed_at",
+            "cash", "equity", "position", "created_at", "updated_at",
+        ]  # fmt: skip
+        read_only_fields = ["status", "status_reason", "last_processed_at", "cash", "equity",
+                            "created_at", "updated_at"]  # fmt: skip
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["strategy"].choices = available()
+        request = self.context.get("request")
+        if request is not None and request.user.is_authenticated and not request.user.is_staff:
+            # Only one's own accounts may be given to a bot.
+            self.fields["account"].queryset = ExchangeAccount.objects.filter(owner=request.user)
+
+    def validate_capital(self, value: Decimal) -> Decimal:
+        if value <= 0:
+            raise serializers.ValidationError("the capital must be positive")
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        strategy = attrs.get("strategy", getattr(self.instance, "strategy", None))
+        parameters = attrs.get("parameters", getattr(self.instance, "parameters", None))
+        try:
+            attrs["parameters"] = services.parameters_clean(strategy, parameters)
+        except StrategyParameterError as exc:
+            raise serializers.ValidationError({"parameters": [str(exc)]}) from exc
+        if self.instance is not None and self.instance.status == Bot.Status.RUNNING:
+            changed = [k for k, v in attrs.items() if getattr(self.instance, k) != v]
+            if changed:
+                raise serializers.ValidationError(
+                    {"non_field_errors": ["stop the bot before changing it"]}
+                )
+        return attrs
+
+    def create(self, validated: dict[str, Any]) -> Bot:
+        options = {name: validated.pop(name) for name in services.RISK_FIELDS if name in validated}
+        return services.bot_create(user=self.context["request"].user, **validated, **options)
+
+
+class SignalSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Signal
+        fields = ["id", "bot", "time", "action", "price", "strength", "reason", "indicators",
+                  "risk_checks", "executed", "no_order_reason", "created_at"]  # fmt: skip
+
+
+class OrderSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Order
+        fields = [
+            "id", "bot", "signal", "client_order_id", "side", "type", "reason", "time",
+            "quantity", "quote_amount", "price", "filled_quantity", "status",
+            "exchange_order_id", "error", "created_at", "submitted_at", "filled_at",
+        ]  # fmt: skip
+
+
+class TradeSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Trade
+        fields = ["id", "bot", "side", "entry_time", "exit_time", "quantity", "entry_price",
+                  "exit_price", "fees", "pnl", "return_fraction", "exit_reason"]  # fmt: skip
+
+
+class BotEventSerializer(serializers.ModelSerializer):
+    actor = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = BotEvent
+        fields = ["id", "bot", "kind", "actor", "message", "data", "time"]
+
+
+class ExchangeAccountSerializer(serializers.ModelSerializer):
+    """An exchange account; the key and secret are write-only: stored encrypted, never shown
+    again (only whether each is set)."""
+
+    exchange = serializers.SlugRelatedField(slug_field="ccxt_id", queryset=Exchange.objects.all())
+    api_key = serializers.CharField(write_only=True, required=False, allow_blank=False,
+                                    trim_whitespace=True, max_length=512)  # fmt: skip
+    api_secret = serializers.CharField(write_only=True, required=False, allow_blank=False,
+                                       trim_whitespace=True, max_length=512)  # fmt: skip
+    has_api_key = serializers.SerializerMethodField()
+    has_api_secret = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ExchangeAccount
+        fields = ["id", "exchange", "label", "api_key", "api_secret", "has_api_key",
+                  "has_api_secret", "created_at", "updated_at"]  # fmt: skip
+
+    def get_has_api_key(self, account: ExchangeAccount) -> bool:
+        return bool(account.api_key_encrypted)
+
+    def get_has_api_secret(self, account: ExchangeAccount) -> bool:
+        return bool(account.api_secret_encrypted)
+
+    def _save(self, account: ExchangeAccount, validated: dict[str, Any]) -> ExchangeAccount:
+        key = validated.pop("api_key", None)
+        secret = validated.pop("api_secret", None)
+        for name, value in validated.items():
+            setattr(account, name, value)
+        account.set_credentials(api_key=key, api_secret=secret)
+        account.full_clean()
+        account.save()
+        return account
+
+    def create(self, validated: dict[str, Any]) -> ExchangeAccount:
+        return self._save(ExchangeAccount(owner=self.context["request"].user), validated)
+
+    def update(self, account: ExchangeAccount, validated: dict[str, Any]) -> ExchangeAccount:
+        return self._save(account, validated)

@@ -1,0 +1,30 @@
+"""``/api/``: the REST API (DRF), its OpenAPI 3 schema and the browsable docs."""
+
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.authtoken.views import obtain_auth_token
+from rest_framework.routers import DefaultRouter
+
+from api import views
+
+router = DefaultRouter()
+router.register("bots", views.BotViewSet, basename="bot")
+router.register("signals", views.SignalViewSet, basename="signal")
+router.register("orders", views.OrderViewSet, basename="order")
+router.register("trades", views.TradeViewSet, basename="trade")
+router.register("positions", views.PositionViewSet, basename="position")
+router.register("events", views.BotEventViewSet, basename="botevent")
+router.register("accounts", views.ExchangeAccountViewSet, basename="account")
+router.register("exchanges", views.ExchangeViewSet, basename="exchange")
+router.register("instruments", views.InstrumentViewSet, basename="instrument")
+router.register("candles", views.CandleViewSet, basename="candle")
+router.register("strategies", views.StrategyViewSet, basename="strategy")
+
+urlpatterns = [
+    path("", include(router.urls)),
+    path("portfolio/", views.PortfolioView.as_view(), name="portfolio"),
+    path("kill-switch/", views.KillSwitchView.as_view(), name="kill-switch"),
+    path("token/", obtain_auth_token, name="token"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+]

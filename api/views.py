@@ -1,0 +1,282 @@
+"""The REST API's views. Every one needs a signed-in user (session or token); every list is
+scoped to the user's own rows (another user's object answers 404), staff see all; lists are
+cursor-paginated and filterable."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import django_filters
+from django.db.models import QuerySet, Sum
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from api import serializers as s
+from api.pagination import CandlesInTime
+from bots import services
+from bots.manager import BotManager
+from bots.models import Bot, BotEvent, ExchangeAccount, Order, Position, Signal, Trade
+from marketdata.aggregation import TIMEFRAMES
+from marketdata.models import PRICE, Candle, Exchange, Instrument
+from strategies.registry import available, get_strategy
+
+
+class Owned:
+    """A queryset of the requesting user's rows (``owner_path`` leads to the owner), all for
+    staff."""
+
+    owner_path = "owner"
+    queryset: QuerySet
+
+    def get_queryset(self) -> QuerySet:
+        rows = super().get_queryset()  # type: ignore[misc]
+        if getattr(self, "swagger_fake_view", False):  # the schema generator: no user
+            return rows.none()
+        user = self.request.user  # type: ignore[attr-defined]
+        return rows if user.is_staff else rows.filter(**{self.owner_path: user})
+
+
+class BotFilter(django_filters.FilterSet):
+    class Meta:
+        model = Bot
+        fields = ["status", "mode", "strategy", "instrument", "timeframe"]
+
+
+class BotViewSet(Owned, viewsets.ModelViewSet):
+    """Bots: create (stopped, parameters validated by the strategy), read, update while
+    stopped, delete while stopped; ``start`` and ``stop`` actions."""
+
+    queryset = Bot.objects.select_related("position").order_by("-id")
+    serializer_class = s.BotSerializer
+    filterset_class = BotFilter
+
+    def perform_destroy(self, bot: Bot) -> None:
+        if bot.status == Bot.Status.RUNNING:
+            raise ValidationError({"non_field_errors": ["stop the bot before deleting it"]})
+        bot.delete()
+
+    @extend_schema(request=None, responses=s.BotSerializer)
+    @action(detail=True, methods=["post"])
+    def start(self, request: Request, pk: str | None = None) -> Response:
+        bot = self.get_object()
+        try:
+            BotManager().start_bot(bot.pk, actor=request.user)
+        except services.BotStateError as exc:
+            raise ValidationError({"non_field_errors": [str(exc)]}) from exc
+        bot.refresh_from_db()
+        return Response(self.get_serializer(bot).data)
+
+    @extend_schema(request=None, responses=s.BotSerializer)
+    @action(detail=True, methods=["post"])
+    def stop(self, request: Request, pk: str | None = None) -> Response:
+        bot = self.get_object()
+        BotManager().stop_bot(bot.pk, actor=request.user)
+        bot.refresh_from_db()
+        return Response(self.get_serializer(bot).data)
+
+    @extend_schema(responses=dict)
+    @action(detail=True, methods=["get"])
+    def portfolio(self, request: Request, pk: str | None = None) -> Response:
+        return Response(_portfolio(self.get_object()))
+
+
+# Totals carry the decimal places money is stored with.
+MONEY_STEP = Decimal(1).scaleb(-PRICE["decimal_places"])
+
+
+def _money(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _portfolio(bot: Bot) -> dict[str, Any]:
+    position = Position.objects.filter(bot=bot).first()
+    closed = Trade.objects.filter(bot=bot).aggregate(pnl=Sum("pnl"), fees=Sum("fees"))
+    return {
+        "bot": bot.pk,
+        "capital": _money(bot.capital),
+        "cash": _money(bot.cash),
+        "equity": _money(bot.equity),
+        "position": _money(position.quantity) if position else "0",
+        "entry_price": _money(position.entry_price) if position else None,
+        "mark_price": _money(position.mark_price) if position else None,
+        "unrealized_pnl": _money(position.unrealized_pnl) if position else "0",
+        "realized_pnl": _money(closed["pnl"] or Decimal(0)),
+        "fees": _money(closed["fees"] or Decimal(0)),
+        "trades": Trade.objects.filter(bot=bot).count(),
+        "last_processed_at": bot.last_processed_at,
+    }
+
+
+class PortfolioView(APIView):
+    """The user's portfolio: totals over their bots, and each bot's figures."""
+
+    @extend_schema(responses=dict)
+    def get(self, request: Request) -> Response:
+        bots = Bot.objects.filter(owner=request.user).order_by("id")
+        rows = [_portfolio(bot) for bot in bots]
+        total = {
+            name: str(
+                sum((Decimal(row[name]) for row in rows if row[name] is not None), Decimal(0))
+            )
+            for name in ("capital", "equity", "unrealized_pnl", "realized_pnl", "fees")
+        }
+        return Response({"bots": rows, "total": total})
+
+
+class _TimeRange(django_filters.FilterSet):
+    since = django_filters.IsoDateTimeFilter(field_name="time", lookup_expr="gte")
+    until = django_filters.IsoDateTimeFilter(field_name="time", lookup_expr="lte")
+
+
+class SignalFilter(_TimeRange):
+    class Meta:
+        model = Signal
+        fields = ["bot", "action", "executed"]
+
+
+class SignalViewSet(Owned, viewsets.ReadOnlyModelViewSet):
+    """The decision log: every signal of the user's bots, executed or not, and why."""
+
+    owner_path = "bot__owner"
+    queryset = Signal.objects.all()
+    serializer_class = s.SignalSerializer
+    filterset_class = SignalFilter
+
+
+class OrderFilter(_TimeRange):
+    class Meta:
+        model = Order
+        fields = ["bot", "side", "status", "reason"]
+
+
+class OrderViewSet(Owned, viewsets.ReadOnlyModelViewSet):
+    owner_path = "bot__owner"
+    queryset = Order.objects.all()
+    serializer_class = s.OrderSerializer
+    filterset_class = OrderFilter
+
+
+class TradeFilter(django_filters.FilterSet):
+    since = django_filters.IsoDateTimeFilter(field_name="exit_time", lookup_expr="gte")
+    until = django_filters.IsoDateTimeFilter(field_name="exit_time", lookup_expr="lte")
+
+    class Meta:
+        model = Trade
+        fields = ["bot", "exit_reason"]
+
+
+class TradeViewSet(Owned, viewsets.ReadOnlyModelViewSet):
+    owner_path = "bot__owner"
+    queryset = Trade.objects.all()
+    serializer_class = s.TradeSerializer
+    filterset_class = TradeFilter
+
+
+class PositionViewSet(Owned, viewsets.ReadOnlyModelViewSet):
+    owner_path = "bot__owner"
+    queryset = Position.objects.all()
+    serializer_class = s.PositionSerializer
+    filterset_fields = ["bot"]
+
+
+class BotEventFilter(_TimeRange):
+    class Meta:
+        model = BotEvent
+        fields = ["bot", "kind"]
+
+
+class BotEventViewSet(Owned, viewsets.ReadOnlyModelViewSet):
+    """The audit trail of the user's bots (starts, stops, errors, kill switches, ...)."""
+
+    owner_path = "bot__owner"
+    queryset = BotEvent.objects.select_related("actor")
+    serializer_class = s.BotEventSerializer
+    filterset_class = BotEventFilter
+
+
+class ExchangeAccountViewSet(Owned, viewsets.ModelViewSet):
+    """The user's exchange accounts; keys are write-only."""
+
+    queryset = ExchangeAccount.objects.select_related("exchange")
+    serializer_class = s.ExchangeAccountSerializer
+
+
+class ExchangeViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = Exchange.objects.all()
+    serializer_class = s.ExchangeSerializer
+    filterset_fields = ["kind", "active"]
+
+
+class InstrumentViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = Instrument.objects.select_related("exchange")
+    serializer_class = s.InstrumentSerializer
+    filterset_fields = ["exchange", "symbol", "active"]
+
+
+class CandleQuery(serializers.Serializer):
+    instrument = serializers.IntegerField(min_value=1)
+    timeframe = serializers.ChoiceField(choices=list(TIMEFRAMES))
+    since = serializers.DateTimeField(required=False)
+    until = serializers.DateTimeField(required=False)
+
+
+class CandleViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Candles of one instrument and timeframe (both required), oldest first, between
+    ``since`` and ``until`` (close times, inclusive); cursor pages of up to 5,000 rows."""
+
+    serializer_class = s.CandleSerializer
+    pagination_class = CandlesInTime
+    queryset = Candle.objects.none()  # the schema's model; get_queryset() is the real one
+
+    @extend_schema(parameters=[CandleQuery])
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    def get_queryset(self) -> QuerySet:
+        if getattr(self, "swagger_fake_view", False):
+            return Candle.objects.none()
+        query = CandleQuery(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        values = query.validated_data
+        if not Instrument.objects.filter(pk=values["instrument"]).exists():
+            raise NotFound("no such instrument")
+        rows = Candle.objects.filter(
+            instrument_id=values["instrument"], timeframe=values["timeframe"]
+        )
+        if "since" in values:
+            rows = rows.filter(close_time__gte=values["since"])
+        if "until" in values:
+            rows = rows.filter(close_time__lte=values["until"])
+        return rows
+
+
+class StrategyViewSet(viewsets.ViewSet):
+    """The strategy catalog with each strategy's parameter schema and defaults."""
+
+    lookup_field = "name"
+    lookup_value_regex = "[a-z0-9_]+"
+
+    @extend_schema(operation_id="strategies_list", responses=dict)
+    def list(self, request: Request) -> Response:
+        return Response([get_strategy(name).describe() for name in available()])
+
+    @extend_schema(operation_id="strategies_retrieve", responses=dict)
+    def retrieve(self, request: Request, name: str | None = None) -> Response:
+        if name not in available():
+            raise NotFound(f"no strategy named {name!r}")
+        return Response(get_strategy(name).describe())
+
+
+class KillSwitchView(APIView):
+    """Stop every bot of the user and cancel their open orders."""
+
+    @extend_schema(request=None, responses=dict)
+    def post(self, request: Request) -> Response:
+        result = BotManager().kill_switch(request.user, actor=request.user)
+        return Response(result, status=status.HTTP_200_OK)
