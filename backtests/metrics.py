@@ -577,17 +577,14 @@ def fold_bars_nb(  # noqa: PLR0917 - numba: one loop, positional scalars
         length += 1
         finite += math.isfinite(r)
         last = value
-        # _drawdown_step_nb, with the recovery of the deepest drawdown followed.
-        if value > peak:
-            peak, peak_bar = value, i
-            screen = peak * (1.0 - depth) * (1.0 + 1e-9)
-        elif value < screen and peak > 0.0:
-            dd = 1.0 - value / peak
-            if dd > depth:
-                depth, best_peak, trough = dd, peak_bar, i
-                screen = peak * (1.0 - depth) * (1.0 + 1e-9)
-                level, recovery = peak, -1
-        if recovery < 0 and trough >= 0 and value >= level:
+        # The drawdown step, with the recovery of the deepest drawdown followed.
+        before = trough
+        (peak, peak_bar), (depth, best_peak, trough, screen) = _drawdown_step_nb(
+            i, value, (peak, peak_bar), (depth, best_peak, trough, screen)
+        )
+        if trough != before:  # a new deepest drawdown: its recovery is the peak's level
+            level, recovery = peak, -1
+        elif recovery < 0 and trough >= 0 and value >= level:
             recovery = i
     return (length, finite, last, peak, peak_bar, depth, best_peak, trough, screen, level,
             recovery)  # fmt: skip

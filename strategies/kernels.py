@@ -540,36 +540,6 @@ def sma_prefix(x: np.ndarray, history: int) -> SMAPrefix:
 
 
 @njit(cache=True, nogil=True)
-def _sma_cross_rows_nb(  # noqa: PLR0917 (numba: arguments are positional)
-    x: np.ndarray,
-    hi: np.ndarray,
-    lo: np.ndarray,
-    changes: np.ndarray,
-    starts: np.ndarray,
-    block: int,
-    fast: int,
-    slow: int,
-    out: np.ndarray | None,
-) -> np.ndarray:
-    size = x.shape[0]
-    out = _signals_out(out, size)
-    h = max(fast, slow)
-    diff = np.empty(block + 1)
-    for k in range(starts.shape[0]):
-        start = max(k * block, h)
-        stop = min((k + 1) * block, size)
-        if start >= stop:
-            continue
-        # Bar start - 1 (the previous bar) and the block, at its place in the row's stretch.
-        _sma_pair_block_nb(
-            x[start - 1 : stop], hi[k], lo[k], changes[k], start - 1 - starts[k], fast, slow,
-            diff, True,
-        )  # fmt: skip
-        _cross_block_nb(diff[: stop - start + 1], out[start:stop])
-    return out
-
-
-@njit(cache=True, nogil=True)
 def _sma_cross_many_nb(  # noqa: PLR0917 (numba: arguments are positional)
     x: np.ndarray,
     hi: np.ndarray,
@@ -581,8 +551,9 @@ def _sma_cross_many_nb(  # noqa: PLR0917 (numba: arguments are positional)
     slows: np.ndarray,
     out: np.ndarray,
 ) -> np.ndarray:
-    """``_sma_cross_rows_nb`` for several pairs in one call (rows of ``out``, int8 pairs x
-    bars), block by block so that each block's prefix rows are read once for all pairs."""
+    """The signals of several ``(fast, slow)`` pairs from the rows of ``sma_prefix`` (rows of
+    ``out``, int8 pairs x bars): per block, ``_sma_pair_block_nb``'s exact form and
+    ``_cross_block_nb`` for each pair, so each block's prefix rows are read once for all."""
     size = x.shape[0]
     out[:] = 0
     diff = np.empty(block + 1)
@@ -603,14 +574,19 @@ def _sma_cross_many_nb(  # noqa: PLR0917 (numba: arguments are positional)
 
 
 def sma_cross_many_from_prefix(
-    x: np.ndarray, prefix: SMAPrefix, pairs: Sequence[tuple[int, int]]
+    x: np.ndarray,
+    prefix: SMAPrefix,
+    pairs: Sequence[tuple[int, int]],
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``sma_cross_from_prefix`` of each ``(fast, slow)`` of ``pairs``, as the rows of one int8
-    array, in one call (equal bit for bit)."""
-    out = np.empty((len(pairs), x.shape[0]), dtype=np.int8)
+    """``sma_cross_signals_nb`` of each ``(fast, slow)`` of ``pairs``, as the rows of one int8
+    array (``out`` when given, pairs x bars), in one call over the shared prefix sums (equal
+    bit for bit)."""
+    if out is None:
+        out = np.empty((len(pairs), x.shape[0]), dtype=np.int8)
     if not prefix.exact or any(max(f, s) > prefix.history or min(f, s) < 1 for f, s in pairs):
         for row, (fast, slow) in enumerate(pairs):
-            sma_cross_from_prefix(x, prefix, fast, slow, out[row])
+            sma_cross_signals_nb(x, fast, slow, out[row])
         return out
     fasts = np.array([f for f, _ in pairs], dtype=np.int64)
     slows = np.array([s for _, s in pairs], dtype=np.int64)
@@ -629,9 +605,8 @@ def sma_cross_from_prefix(
         raise ValueError("SMA lengths must be >= 1")
     if max(fast, slow) > prefix.history or not prefix.exact:
         return sma_cross_signals_nb(x, fast, slow, out)
-    return _sma_cross_rows_nb(
-        x, prefix.hi, prefix.lo, prefix.changes, prefix.starts, prefix.block, fast, slow, out
-    )
+    row = np.empty(x.shape[0], dtype=np.int8) if out is None else out
+    return sma_cross_many_from_prefix(x, prefix, [(fast, slow)], out=row.reshape(1, -1))[0]
 
 
 @njit(cache=True)
