@@ -67,6 +67,11 @@ def world(db):
     return {"owner": owner, "other": other, "staff": staff, "bot": bot, "instrument": instrument}
 
 
+@pytest.fixture(autouse=True)
+def plain_http(settings):
+    settings.SECURE_SSL_REDIRECT = False  # the production profile redirects HTTP to HTTPS
+
+
 def client_for(user=None) -> APIClient:
     client = APIClient()
     if user is not None:
@@ -102,7 +107,7 @@ def test_every_api_endpoint_refuses_anonymous_callers(world):
 
 def test_token_authentication(world):
     token = Token.objects.create(user=world["owner"])
-    client = APIClient()
+    client = client_for()
     client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
     assert [b["id"] for b in client.get("/api/bots/").json()["results"]] == [world["bot"].pk]
     client.credentials(HTTP_AUTHORIZATION="Token wrong")
