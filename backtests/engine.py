@@ -822,7 +822,6 @@ def _signal_array(signals: object, n: int) -> np.ndarray:
 # simulate_nb's fold arguments when it writes the equity instead.
 _NO_FOLD = np.zeros(FOLD_SIZE)
 _NO_FOLD_BUFFER = np.empty(0)
-_NO_POSITION = np.empty(0, dtype=np.int8)
 
 
 def simulate(

@@ -412,18 +412,21 @@ def equity_stats_nb(
 # parameter sweep simulates each combination this way (``simulate_nb`` with a fold), and the
 # results equal ``equity_stats_nb``'s of the curve bit for bit.
 #
-# Every bar of a run takes its drawdown step at once (the recovery is followed online) and
-# writes its return into a buffer of ``FOLD_BUFFER`` values, at a position in the same lane
-# (``i % 4``) as its bar; a full buffer goes through ``_moments_into_nb``, so the sums are
-# ``equity_moments_nb``'s. A run of bars whose equity equals the last bar's (flat: cash only)
-# is only counted: its returns are exactly 0 (the equity before is positive), which add exact
-# zeros to every sum as long as the moments' shift is 0 (bar 0's return, known once bar 0 is
-# fed; otherwise the run is fed bar by bar like any other), and a repeated value never moves
-# the peak, the drawdown or the recovery. The next run's first return then lands in its own
-# lane after padding that adds exact zeros.
+# Every bar of a run (``fold_bars_nb``) takes its drawdown step at once (the recovery of the
+# deepest drawdown followed online) and writes its return into a buffer of ``FOLD_BUFFER``
+# values, at a position in the same lane (``i % 4``) as its bar; a full buffer goes through
+# ``_moments_into_nb`` (``fold_flush_nb``; ``_plain_moments_into_nb`` when every value is finite
+# and the shift 0, the same sums without the NaN handling), so the sums are
+# ``equity_moments_nb``'s. A run of bars whose equity equals the last bar's (flat: cash only) is
+# only counted: its returns are exactly 0 (the equity before is positive), which add exact zeros
+# to every sum as long as the moments' shift is 0 (bar 0's return, known once bar 0 is fed;
+# otherwise the run is fed bar by bar like any other), and a repeated value never moves the
+# peak, the drawdown or the recovery. The next run's first return then lands in its own lane
+# after padding that adds exact zeros.
 #
-# The running state is a tuple of scalars that the simulation keeps in registers (``FoldState``
-# fields, in order); ``fold_new`` and ``fold_stats`` convert it from and to a float64 array.
+# The running state is a tuple of scalars that the simulation keeps in registers
+# (``FOLD_FIELDS``, in order); ``fold_new_nb``, ``fold_load_nb`` and ``fold_store_nb`` keep it in
+# a float64 array between calls, and ``fold_finish_nb`` gives the statistics.
 # ---------------------------------------------------------------------------------------------
 
 FOLD_BUFFER = 4096
