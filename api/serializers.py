@@ -9,6 +9,7 @@ from typing import Any
 from rest_framework import serializers
 
 from bots import services
+from bots.manager import BotManager
 from bots.models import Bot, BotEvent, ExchangeAccount, Order, Position, Signal, Trade
 from marketdata.models import Candle, Exchange, Instrument
 from strategies.base import StrategyParameterError
@@ -96,6 +97,19 @@ class BotSerializer(serializers.ModelSerializer):
     def create(self, validated: dict[str, Any]) -> Bot:
         options = {name: validated.pop(name) for name in services.RISK_FIELDS if name in validated}
         return services.bot_create(user=self.context["request"].user, **validated, **options)
+
+    def update(self, bot: Bot, validated: dict[str, Any]) -> Bot:
+        """Through ``BotManager.update_bot_state``: validated again and recorded in the audit
+        trail. The strategy, market, mode, account and capital are fixed once created."""
+        changes = {name: value for name, value in validated.items() if getattr(bot, name) != value}
+        fixed = sorted(set(changes) - set(services.UPDATABLE))
+        if fixed:
+            raise serializers.ValidationError(
+                {name: ["cannot be changed once the bot exists"] for name in fixed}
+            )
+        if not changes:
+            return bot
+        return BotManager().update_bot_state(bot.pk, changes, actor=self.context["request"].user)
 
 
 class SignalSerializer(serializers.ModelSerializer):

@@ -169,8 +169,15 @@ def test_bot_lifecycle_through_the_api(world):
     assert "stop the bot" in error["message"]
     assert_error(owner.delete(f"/api/bots/{bot['id']}/"), 400, "invalid")
     assert owner.post(f"/api/bots/{bot['id']}/stop/").json()["status"] == "stopped"
-    renamed = owner.patch(f"/api/bots/{bot['id']}/", {"name": "renamed"})
+    renamed = owner.patch(f"/api/bots/{bot['id']}/", {"name": "renamed", "stop_loss": 0.03})
     assert renamed.status_code == 200 and renamed.json()["name"] == "renamed"
+    assert renamed.json()["stop_loss"] == 0.03
+    audit = owner.get(f"/api/events/?bot={bot['id']}&kind=state_updated").json()["results"]
+    assert [event["message"] for event in audit] == ["name, stop_loss"]
+    error = assert_error(
+        owner.patch(f"/api/bots/{bot['id']}/", {"strategy": "sma_crossover"}), 400, "invalid"
+    )
+    assert "strategy" in error["fields"]
     assert owner.delete(f"/api/bots/{bot['id']}/").status_code == 204
     portfolio = owner.get("/api/portfolio/").json()
     assert [row["bot"] for row in portfolio["bots"]] == [world["bot"].pk]
