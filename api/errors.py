@@ -2,7 +2,8 @@
 
 ``{"error": {"status": 400, "code": "invalid", "message": "...", "fields": {"name": ["..."]}}}``:
 ``code`` is DRF's machine-readable code (``not_authenticated``, ``permission_denied``,
-``not_found``, ``invalid``, ``throttled``, ``method_not_allowed``, ``parse_error``, ...),
+``not_found``, ``invalid``, ``throttled``, ``method_not_allowed``, ``parse_error``,
+``conflict`` for an object still in use, ...),
 ``message`` a sentence for people and ``fields`` the messages per input field (only for
 validation errors; ``non_field_errors`` for the others). A strategy's parameter errors
 (``StrategyParameterError``) and model validation errors raised by the services become 400s of the
@@ -15,12 +16,21 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import ProtectedError
 from django.http import Http404
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from strategies.base import StrategyParameterError
+
+
+class Conflict(exceptions.APIException):
+    """409: the object cannot be deleted or changed while others depend on it."""
+
+    status_code = 409
+    default_detail = "The object is in use."
+    default_code = "conflict"
 
 
 def _flatten(detail: Any) -> Any:
@@ -51,6 +61,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
             exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         )
         exc = exceptions.ValidationError(detail)
+    elif isinstance(exc, ProtectedError):
+        names = sorted({str(obj) for obj in exc.protected_objects})[:5]
+        exc = Conflict(f"still in use by {', '.join(names)}")
     elif isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or None)
     elif isinstance(exc, DjangoPermissionDenied):

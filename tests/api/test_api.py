@@ -228,6 +228,12 @@ def test_exchange_secrets_are_write_only_and_encrypted(world):
     assert "SECRET-9" not in listed and "KEY-123" not in listed
     assert client_for(world["other"]).get("/api/accounts/").json()["results"] == []
     assert_error(client_for(world["other"]).get(f"/api/accounts/{account.pk}/"), 404, "not_found")
+    # An account a bot uses cannot be deleted; once the bot is gone it can.
+    user_bot = make_bot(world["owner"], world["instrument"], name="with account", account=account)
+    error = assert_error(owner.delete(f"/api/accounts/{account.pk}/"), 409, "conflict")
+    assert "with account" in error["message"]
+    user_bot.delete()
+    assert owner.delete(f"/api/accounts/{account.pk}/").status_code == 204
 
 
 def test_candles_are_cursor_pages_oldest_first(world):
