@@ -53,9 +53,8 @@ def _first_message(fields: dict[str, Any]) -> str:
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, then the one error shape (module docstring)."""
-    if isinstance(exc, StrategyParameterError):
-        name = getattr(exc, "parameter", None) or "parameters"
-        exc = exceptions.ValidationError({name: [str(exc)]})
+    if isinstance(exc, StrategyParameterError):  # the message names the parameter
+        exc = exceptions.ValidationError({"parameters": [str(exc)]})
     elif isinstance(exc, DjangoValidationError):
         detail = (
             exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}

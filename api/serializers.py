@@ -8,6 +8,8 @@ from typing import Any
 
 from rest_framework import serializers
 
+from backtests import services as backtests_services
+from backtests.models import BacktestRun, OptimizationResult, OptimizationRun
 from bots import services
 from bots.manager import BotManager
 from bots.models import Bot, BotEvent, ExchangeAccount, Order, Position, Signal, Trade
@@ -182,3 +184,58 @@ class ExchangeAccountSerializer(serializers.ModelSerializer):
 
     def update(self, account: ExchangeAccount, validated: dict[str, Any]) -> ExchangeAccount:
         return self._save(account, validated)
+
+
+_RUN_FIELDS = [
+    "id", "strategy", "instrument", "timeframe", "start", "end", "cash", "fee",
+    "slippage", "size", "fill", "allow_short", "stop_loss", "take_profit", "trailing_stop",
+    "status", "progress", "error", "created_at", "started_at", "finished_at", "data_first",
+    "data_last", "data_bars", "data_hash", "strategy_version", "engine_version",
+]  # fmt: skip
+_RUN_READ_ONLY = [
+    "status", "progress", "error", "created_at", "started_at", "finished_at", "data_first",
+    "data_last", "data_bars", "data_hash", "strategy_version", "engine_version",
+]  # fmt: skip
+
+
+class BacktestRunSerializer(serializers.ModelSerializer):
+    """A stored backtest: the request (strategy, parameters, market, period, costs, sizing,
+    stops), its status and progress, the reproducibility record and the metrics."""
+
+    instrument = serializers.PrimaryKeyRelatedField(queryset=Instrument.objects.all())
+    strategy = serializers.ChoiceField(choices=[])
+    parameters = serializers.JSONField(required=False, default=dict)
+
+    class Meta:
+        model = BacktestRun
+        fields = [*_RUN_FIELDS, "parameters", "metrics", "trades_count"]
+        read_only_fields = [*_RUN_READ_ONLY, "metrics", "trades_count"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["strategy"].choices = available()
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs["end"] <= attrs["start"]:
+            raise serializers.ValidationError({"end": ["must be after start"]})
+        return attrs
+
+    def create(self, validated: dict[str, Any]) -> BacktestRun:
+        return backtests_services.backtest_create(user=self.context["request"].user, **validated)
+
+
+class OptimizationRunSerializer(serializers.ModelSerializer):
+    instrument = serializers.PrimaryKeyRelatedField(read_only=True)
+
+    class Meta:
+        model = OptimizationRun
+        fields = [*_RUN_FIELDS, "method", "space", "objective", "n_iter", "seed", "train_bars",
+                  "test_bars", "chunks_total", "chunks_done", "combinations", "best_parameters",
+                  "best_metrics", "walk_forward"]  # fmt: skip
+        read_only_fields = fields
+
+
+class OptimizationResultSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = OptimizationResult
+        fields = ["id", "parameters", "metrics", "objective"]

@@ -19,6 +19,8 @@ router.register("exchanges", views.ExchangeViewSet, basename="exchange")
 router.register("instruments", views.InstrumentViewSet, basename="instrument")
 router.register("candles", views.CandleViewSet, basename="candle")
 router.register("strategies", views.StrategyViewSet, basename="strategy")
+router.register("backtests", views.BacktestRunViewSet, basename="backtest")
+router.register("optimizations", views.OptimizationRunViewSet, basename="optimization")
 
 urlpatterns = [
     path("", include(router.urls)),

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import django_filters
-from django.db.models import QuerySet, Sum
+from django.db.models import F, QuerySet, Sum
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -18,7 +18,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api import serializers as s
+from api.errors import Conflict
 from api.pagination import CandlesInTime
+from backtests import services as backtests_services
+from backtests.metrics import json_safe
+from backtests.models import BacktestRun, OptimizationResult, OptimizationRun, RunStatus
 from bots import services
 from bots.manager import BotManager
 from bots.models import Bot, BotEvent, ExchangeAccount, Order, Position, Signal, Trade
@@ -280,3 +284,79 @@ class KillSwitchView(APIView):
     def post(self, request: Request) -> Response:
         result = BotManager().kill_switch(request.user, actor=request.user)
         return Response(result, status=status.HTTP_200_OK)
+
+
+class BacktestRunViewSet(
+    Owned,
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Stored backtests: create one (202 Accepted: queued on the ``backtests`` queue; follow
+    ``status`` and ``progress`` here or live on ``backtests:{id}``), list, read the metrics,
+    ``result`` (equity per bar and the trades) and ``cancel``."""
+
+    queryset = BacktestRun.objects.all()
+    serializer_class = s.BacktestRunSerializer
+    filterset_fields = ["status", "strategy", "instrument", "timeframe"]
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        response = super().create(request, *args, **kwargs)
+        response.status_code = status.HTTP_202_ACCEPTED
+        response["Location"] = f"{request.path}{response.data['id']}/"
+        return response
+
+    @extend_schema(responses=dict)
+    @action(detail=True, methods=["get"])
+    def result(self, request: Request, pk: str | None = None) -> Response:
+        run = self.get_object()
+        if run.status != RunStatus.DONE:
+            raise Conflict(f"the backtest is {run.status}, not done")
+        equity = backtests_services.unpack_equity(run.equity_blob)
+        trades = backtests_services.unpack_trades(run.trades_blob)
+        return Response(
+            {
+                "metrics": run.metrics,
+                "equity": [float(value) for value in equity.to_numpy()],
+                "equity_first": run.data_first,
+                "equity_last": run.data_last,
+                "trades": json_safe(trades.to_dict(orient="records")),
+            }
+        )
+
+    @extend_schema(request=None, responses=s.BacktestRunSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        run = self.get_object()
+        if not backtests_services.run_cancel(run=run):
+            raise Conflict(f"the backtest is {run.status} already")
+        run.refresh_from_db()
+        return Response(self.get_serializer(run).data)
+
+
+class OptimizationRunViewSet(Owned, viewsets.ReadOnlyModelViewSet):
+    """Stored optimisations (started from the admin or the command): status, progress, the best
+    parameters, walk-forward windows; ``results`` the per-combination table, best first."""
+
+    queryset = OptimizationRun.objects.all()
+    serializer_class = s.OptimizationRunSerializer
+    filterset_fields = ["status", "strategy", "method"]
+
+    @extend_schema(responses=s.OptimizationResultSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def results(self, request: Request, pk: str | None = None) -> Response:
+        rows = OptimizationResult.objects.filter(run=self.get_object()).order_by(
+            F("objective").desc(nulls_last=True), "id"
+        )
+        page = self.paginate_queryset(rows)
+        return self.get_paginated_response(s.OptimizationResultSerializer(page, many=True).data)
+
+    @extend_schema(request=None, responses=s.OptimizationRunSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        run = self.get_object()
+        if not backtests_services.run_cancel(run=run):
+            raise Conflict(f"the optimisation is {run.status} already")
+        run.refresh_from_db()
+        return Response(self.get_serializer(run).data)

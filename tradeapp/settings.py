@@ -172,6 +172,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # The several "status" choice sets get names of their own in the schema.
+    "ENUM_NAME_OVERRIDES": {
+        "BotStatusEnum": "bots.models.Bot.Status",
+        "OrderStatusEnum": "bots.models.Order.Status",
+        "RunStatusEnum": "backtests.models.RunStatus",
+    },
 }
 
 MIDDLEWARE = [

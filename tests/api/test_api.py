@@ -15,9 +15,12 @@ from rest_framework import throttling
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from backtests import services as backtests_services
+from backtests.models import OptimizationResult, OptimizationRun
 from bots.manager import BotManager
 from bots.models import Bot, ExchangeAccount
 from marketdata.models import Exchange
+from tests.backtests.support import store_hourly_candles
 from tests.bots.support import instrument_with_exchange, make_bot, store, walk
 from tests.factories import StaffUserFactory, UserFactory
 
@@ -280,3 +283,61 @@ def test_the_openapi_schema_is_valid_and_served_to_signed_in_users(world):
     assert served.status_code == 200
     docs = client_for(world["other"]).get("/api/docs/")
     assert docs.status_code == 200 and b"swagger" in docs.content.lower()
+
+
+def test_backtests_are_accepted_then_read_with_their_result(world):
+    instrument = world["instrument"]
+    start_ms = 1_767_225_600_000  # 2026-01-01 00:00 UTC
+    store_hourly_candles(instrument.pk, start_ms=start_ms, bars=24 * 20, seed=3)
+    owner = client_for(world["owner"])
+    request = {
+        "strategy": "sma_crossover", "parameters": {"fast": 5, "slow": 20},
+        "instrument": instrument.pk, "timeframe": "1h", "start": "2026-01-01T01:00:00Z",
+        "end": "2026-01-20T23:00:00Z", "fee": 0.001,
+    }  # fmt: skip
+    accepted = owner.post("/api/backtests/", request)
+    assert accepted.status_code == 202, accepted.content
+    run_id = accepted.json()["id"]
+    assert accepted["Location"].endswith(f"/api/backtests/{run_id}/")
+    assert accepted.json()["status"] == "queued"
+    assert_error(owner.get(f"/api/backtests/{run_id}/result/"), 409, "conflict")
+    other = client_for(world["other"])
+    assert other.get("/api/backtests/").json()["results"] == []
+    assert_error(other.get(f"/api/backtests/{run_id}/"), 404, "not_found")
+
+    backtests_services.backtest_execute(run_id)  # what the worker does
+    run = owner.get(f"/api/backtests/{run_id}/").json()
+    assert run["status"] == "done" and run["progress"] == 1.0 and run["data_hash"]
+    result = owner.get(f"/api/backtests/{run_id}/result/").json()
+    assert len(result["equity"]) == run["data_bars"] == 24 * 20 - 1
+    assert len(result["trades"]) == run["trades_count"] > 0
+    assert result["metrics"]["n_trades"] == run["metrics"]["n_trades"]
+    assert_error(owner.post(f"/api/backtests/{run_id}/cancel/"), 409, "conflict")
+
+    bad = owner.post("/api/backtests/", {**request, "parameters": {"fast": 20, "slow": 5}})
+    assert "parameters" in assert_error(bad, 400, "invalid")["fields"]
+    backwards = owner.post("/api/backtests/", {**request, "end": "2025-12-01T00:00:00Z"})
+    assert "end" in assert_error(backwards, 400, "invalid")["fields"]
+    queued = owner.post("/api/backtests/", request).json()
+    cancelled = owner.post(f"/api/backtests/{queued['id']}/cancel/")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+
+
+def test_optimizations_are_their_owners(world):
+    run = OptimizationRun.objects.create(
+        owner=world["owner"], strategy="sma_crossover", instrument=world["instrument"],
+        timeframe="1m", start="2026-01-01T00:00Z", end="2026-01-02T00:00Z",
+        space={"fast": [2, 3], "slow": [10]},
+    )  # fmt: skip
+    OptimizationResult.objects.create(
+        run=run, parameters={"fast": 2, "slow": 10}, metrics={"sharpe": 1.0}, objective=1.0
+    )
+    owner = client_for(world["owner"])
+    assert [r["id"] for r in owner.get("/api/optimizations/").json()["results"]] == [run.pk]
+    rows = owner.get(f"/api/optimizations/{run.pk}/results/").json()["results"]
+    assert rows[0]["parameters"] == {"fast": 2, "slow": 10}
+    other = client_for(world["other"])
+    assert_error(other.get(f"/api/optimizations/{run.pk}/"), 404, "not_found")
+    assert_error(other.get(f"/api/optimizations/{run.pk}/results/"), 404, "not_found")
+    assert_error(other.post(f"/api/optimizations/{run.pk}/cancel/"), 404, "not_found")
+    assert owner.post(f"/api/optimizations/{run.pk}/cancel/").json()["status"] == "cancelled"
