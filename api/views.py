@@ -4,11 +4,10 @@ cursor-paginated and filterable."""
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import django_filters
-from django.db.models import F, QuerySet, Sum
+from django.db.models import F, QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -23,11 +22,11 @@ from api.pagination import CandlesInTime
 from backtests import services as backtests_services
 from backtests.metrics import json_safe
 from backtests.models import BacktestRun, OptimizationResult, OptimizationRun, RunStatus
-from bots import services
+from bots import selectors, services
 from bots.manager import BotManager
 from bots.models import Bot, BotEvent, ExchangeAccount, Order, Position, Signal, Trade
 from marketdata.aggregation import TIMEFRAMES
-from marketdata.models import PRICE, Candle, Exchange, Instrument
+from marketdata.models import Candle, Exchange, Instrument
 from strategies.registry import available, get_strategy
 
 
@@ -87,34 +86,7 @@ class BotViewSet(Owned, viewsets.ModelViewSet):
     @extend_schema(responses=dict)
     @action(detail=True, methods=["get"])
     def portfolio(self, request: Request, pk: str | None = None) -> Response:
-        return Response(_portfolio(self.get_object()))
-
-
-# Totals carry the decimal places money is stored with.
-MONEY_STEP = Decimal(1).scaleb(-PRICE["decimal_places"])
-
-
-def _money(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)
-
-
-def _portfolio(bot: Bot) -> dict[str, Any]:
-    position = Position.objects.filter(bot=bot).first()
-    closed = Trade.objects.filter(bot=bot).aggregate(pnl=Sum("pnl"), fees=Sum("fees"))
-    return {
-        "bot": bot.pk,
-        "capital": _money(bot.capital),
-        "cash": _money(bot.cash),
-        "equity": _money(bot.equity),
-        "position": _money(position.quantity) if position else "0",
-        "entry_price": _money(position.entry_price) if position else None,
-        "mark_price": _money(position.mark_price) if position else None,
-        "unrealized_pnl": _money(position.unrealized_pnl) if position else "0",
-        "realized_pnl": _money(closed["pnl"] or Decimal(0)),
-        "fees": _money(closed["fees"] or Decimal(0)),
-        "trades": Trade.objects.filter(bot=bot).count(),
-        "last_processed_at": bot.last_processed_at,
-    }
+        return Response(selectors.portfolio(self.get_object()))
 
 
 class PortfolioView(APIView):
@@ -122,15 +94,7 @@ class PortfolioView(APIView):
 
     @extend_schema(responses=dict)
     def get(self, request: Request) -> Response:
-        bots = Bot.objects.filter(owner=request.user).order_by("id")
-        rows = [_portfolio(bot) for bot in bots]
-        total = {
-            name: str(
-                sum((Decimal(row[name]) for row in rows if row[name] is not None), Decimal(0))
-            )
-            for name in ("capital", "equity", "unrealized_pnl", "realized_pnl", "fees")
-        }
-        return Response({"bots": rows, "total": total})
+        return Response(selectors.user_portfolio(request.user))
 
 
 class _TimeRange(django_filters.FilterSet):
@@ -286,8 +250,25 @@ class KillSwitchView(APIView):
         return Response(result, status=status.HTTP_200_OK)
 
 
+class Cancellable:
+    """``POST .../{id}/cancel/`` for a stored run (``backtests.services.run_cancel``): 409 when
+    it has finished already. ``run_noun`` names the run in that message."""
+
+    run_noun = "run"
+
+    @extend_schema(request=None)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        run = self.get_object()  # type: ignore[attr-defined]
+        if not backtests_services.run_cancel(run=run):
+            raise Conflict(f"the {self.run_noun} is {run.status} already")
+        run.refresh_from_db()
+        return Response(self.get_serializer(run).data)  # type: ignore[attr-defined]
+
+
 class BacktestRunViewSet(
     Owned,
+    Cancellable,
     mixins.CreateModelMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -297,6 +278,7 @@ class BacktestRunViewSet(
     ``status`` and ``progress`` here or live on ``backtests:{id}``), list, read the metrics,
     ``result`` (equity per bar and the trades) and ``cancel``."""
 
+    run_noun = "backtest"
     queryset = BacktestRun.objects.all()
     serializer_class = s.BacktestRunSerializer
     filterset_fields = ["status", "strategy", "instrument", "timeframe"]
@@ -325,20 +307,12 @@ class BacktestRunViewSet(
             }
         )
 
-    @extend_schema(request=None, responses=s.BacktestRunSerializer)
-    @action(detail=True, methods=["post"])
-    def cancel(self, request: Request, pk: str | None = None) -> Response:
-        run = self.get_object()
-        if not backtests_services.run_cancel(run=run):
-            raise Conflict(f"the backtest is {run.status} already")
-        run.refresh_from_db()
-        return Response(self.get_serializer(run).data)
 
-
-class OptimizationRunViewSet(Owned, viewsets.ReadOnlyModelViewSet):
+class OptimizationRunViewSet(Owned, Cancellable, viewsets.ReadOnlyModelViewSet):
     """Stored optimisations (started from the admin or the command): status, progress, the best
     parameters, walk-forward windows; ``results`` the per-combination table, best first."""
 
+    run_noun = "optimisation"
     queryset = OptimizationRun.objects.all()
     serializer_class = s.OptimizationRunSerializer
     filterset_fields = ["status", "strategy", "method"]
@@ -351,12 +325,3 @@ class OptimizationRunViewSet(Owned, viewsets.ReadOnlyModelViewSet):
         )
         page = self.paginate_queryset(rows)
         return self.get_paginated_response(s.OptimizationResultSerializer(page, many=True).data)
-
-    @extend_schema(request=None, responses=s.OptimizationRunSerializer)
-    @action(detail=True, methods=["post"])
-    def cancel(self, request: Request, pk: str | None = None) -> Response:
-        run = self.get_object()
-        if not backtests_services.run_cancel(run=run):
-            raise Conflict(f"the optimisation is {run.status} already")
-        run.refresh_from_db()
-        return Response(self.get_serializer(run).data)

@@ -250,14 +250,20 @@ def _moments_into_nb(values: np.ndarray, first: int, shift: float, acc: np.ndarr
 
 
 @njit(cache=True)
+def _first_finite_nb(values: np.ndarray, shift: float, found: bool) -> tuple[float, bool]:
+    """``(the first finite value, True)``, or ``(shift, found)`` unchanged when there is none:
+    the moments' shift (the first finite return)."""
+    for v in values:
+        if math.isfinite(v):
+            return v, True
+    return shift, found
+
+
+@njit(cache=True)
 def _moments_nb(values: np.ndarray) -> tuple[int, float, float, float]:
     """``(count, mean, sum of squared deviations from the mean, sum of squared negative
     values)`` of the finite ``values``."""
-    shift = 0.0
-    for v in values:
-        if math.isfinite(v):
-            shift = v
-            break
+    shift, _ = _first_finite_nb(values, 0.0, False)
     acc = np.zeros(12)
     count = _moments_into_nb(values, 0, shift, acc)
     return _finish_nb(count, shift, acc)
@@ -299,11 +305,7 @@ def equity_moments_nb(equity: np.ndarray, initial: float) -> tuple[int, float, f
         block = buffer[: stop - start]
         _returns_into_nb(equity, start, stop, initial, block)
         if not found:
-            for v in block:
-                if math.isfinite(v):
-                    shift = v
-                    found = True
-                    break
+            shift, found = _first_finite_nb(block, shift, found)
         count += _moments_into_nb(block, start, shift, acc)
     return _finish_nb(count, shift, acc)
 
@@ -497,11 +499,7 @@ def fold_flush_nb(  # noqa: PLR0917 - numba: positional arguments
     found)``."""
     block = buffer[:length]
     if not found:
-        for v in block:
-            if math.isfinite(v):
-                shift = v
-                found = True
-                break
+        shift, found = _first_finite_nb(block, shift, found)
     if not odd and shift == 0.0:  # finite returns, padding 0.0: the plain sums
         _plain_moments_into_nb(block, lanes)
     else:
