@@ -13,6 +13,12 @@ PYTEST_ARGS ?=
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# Browser libraries for the pages (lightweight-charts), exactly as package-lock.json pins them.
+node_modules/.installed: package.json package-lock.json
+	@command -v npm >/dev/null || { echo "npm is needed to install the pages' chart library (package-lock.json)"; exit 1; }
+	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	touch $@
+
 $(VENV)/.run-deps: requirements.txt | $(BIN)/python
 	$(PIP) install -r requirements.txt
 	touch $@
@@ -24,7 +30,7 @@ $(VENV)/.dev-deps: requirements.txt requirements-dev.txt | $(BIN)/python
 # Embedded default (nothing set): SQLite and a private Redis under var/, plus web, worker, beat,
 # collector, with the demo's simulated exchange (TRADEAPP_DEMO=1 adds it in production too).
 # Production (DATABASE_URL and REDIS_URL set): web, worker, beat and collector on those services.
-run: $(VENV)/.run-deps
+run: $(VENV)/.run-deps node_modules/.installed
 	python manage.py migrate --noinput
 	python manage.py collectstatic --noinput --verbosity 0
 	python manage.py ensure_admin
@@ -35,7 +41,7 @@ run: $(VENV)/.run-deps
 
 # With DATABASE_URL/REDIS_URL set, the production profile is tested against those services; the
 # secret key and hosts it also requires get throwaway test values unless given.
-test: $(VENV)/.dev-deps
+test: $(VENV)/.dev-deps node_modules/.installed
 	@if [ -n "$$DATABASE_URL$$REDIS_URL" ]; then \
 	  export DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-$$(python -c 'import secrets; print(secrets.token_urlsafe(50))')}"; \
 	  export DJANGO_ALLOWED_HOSTS="$${DJANGO_ALLOWED_HOSTS:-localhost,127.0.0.1}"; \
@@ -58,7 +64,7 @@ lock: | $(BIN)/python
 	$(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-bench.txt requirements-bench.in
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache
+	rm -rf $(VENV) var node_modules .pytest_cache .ruff_cache
 
 # Every bench/bench_*.py against its baseline, printed as one table of ratios.
 # BENCH_ARGS="--quick" for small sizes, "--only aggregation" for one module.
