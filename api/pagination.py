@@ -23,3 +23,22 @@ class CandlesInTime(CursorPagination):
     page_size = 500
     page_size_query_param = "page_size"
     max_page_size = 5000
+
+
+class TicksInTime(CursorPagination):
+    """Raw ticks oldest first by trade time (the index ``(instrument, time)``; ticks of one
+    millisecond in id order)."""
+
+    ordering = ("time", "id")
+    page_size = 1000
+    page_size_query_param = "page_size"
+    max_page_size = 10_000
+
+
+class RejectsInTime(CursorPagination):
+    """Rejected ticks oldest first by arrival (the index ``(instrument, received_at)``)."""
+
+    ordering = ("received_at", "id")
+    page_size = 500
+    page_size_query_param = "page_size"
+    max_page_size = 5000

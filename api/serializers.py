@@ -9,11 +9,12 @@ from typing import Any
 from rest_framework import serializers
 
 from backtests import services as backtests_services
+from backtests.metrics import METRIC_NAMES
 from backtests.models import BacktestRun, OptimizationResult, OptimizationRun
 from bots import services
 from bots.manager import BotManager
 from bots.models import Bot, BotEvent, ExchangeAccount, Order, Position, Signal, Trade
-from marketdata.models import Candle, Exchange, Instrument
+from marketdata.models import Candle, Exchange, Instrument, RawTick, RejectedTick
 from strategies.base import StrategyParameterError
 from strategies.registry import available
 
@@ -239,3 +240,95 @@ class OptimizationResultSerializer(serializers.ModelSerializer):
     class Meta:
         model = OptimizationResult
         fields = ["id", "parameters", "metrics", "objective"]
+
+
+#: What a new optimisation's request sets: the run's settings and the search's.
+_OPTIMIZATION_WRITABLE = {*_RUN_FIELDS, "method", "space", "objective", "n_iter", "seed",
+                          "train_bars", "test_bars"} - {*_RUN_READ_ONLY, "id"}  # fmt: skip
+
+
+class OptimizationRunCreateSerializer(OptimizationRunSerializer):
+    """A new optimisation: the backtest's request (strategy, market, period, costs, sizing,
+    stops) plus the search: ``method`` (grid, random, walk_forward), ``space`` (parameter name
+    -> list of values; a parameter left out takes its schema grid), ``objective`` (the metric
+    ranked on), ``n_iter`` and ``seed`` (random search), ``train_bars``/``test_bars``
+    (walk-forward). Checked as ``backtests.services.optimization_create`` checks it."""
+
+    instrument = serializers.PrimaryKeyRelatedField(queryset=Instrument.objects.all())
+    strategy = serializers.ChoiceField(choices=[])
+    space = serializers.JSONField(required=False, default=dict)
+    objective = serializers.ChoiceField(choices=list(METRIC_NAMES), default="sharpe")
+
+    class Meta(OptimizationRunSerializer.Meta):
+        read_only_fields = [
+            name for name in OptimizationRunSerializer.Meta.fields
+            if name not in _OPTIMIZATION_WRITABLE
+        ]  # fmt: skip
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["strategy"].choices = available()
+
+    def validate_space(self, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise serializers.ValidationError(
+                "give a JSON object of parameter name -> list of values to try"
+            )
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs["end"] <= attrs["start"]:
+            raise serializers.ValidationError({"end": ["must be after start"]})
+        return attrs
+
+    def create(self, validated: dict[str, Any]) -> OptimizationRun:
+        # The rest (the space against the strategy, the grid's size, walk-forward windows, the
+        # engine settings) is the service's: a ValidationError keyed by field, nothing stored.
+        return backtests_services.optimization_create(
+            user=self.context["request"].user, **validated
+        )
+
+
+class RawTickSerializer(serializers.ModelSerializer):
+    """A trade exactly as the exchange sent it (the audit copy); ``time`` the exchange's trade
+    time, ``received_at`` when the collector got it."""
+
+    class Meta:
+        model = RawTick
+        fields = ["id", "instrument", "trade_id", "time", "price", "amount", "side",
+                  "received_at"]  # fmt: skip
+        read_only_fields = fields
+
+
+class RejectedTickSerializer(serializers.ModelSerializer):
+    """A row the collector refused, with its raw payload and the reason."""
+
+    class Meta:
+        model = RejectedTick
+        fields = ["id", "instrument", "exchange", "symbol", "reason", "payload", "received_at"]
+        read_only_fields = fields
+
+
+class SystemEventSerializer(serializers.ModelSerializer):
+    """One event of the platform's log, named as on the ``system_events`` channel
+    (``bot.started``, ``bot.kill_switch``, ...): the bot, its owner, who acted (null: the
+    system), the message and the event's data."""
+
+    type = serializers.SerializerMethodField()
+    # A plain string in the schema: a second "kind" enum made of BotEvent.Kind would collide
+    # with Exchange.Kind's name (the values are BotEventKindEnum's).
+    kind = serializers.CharField(
+        read_only=True, help_text=f"One of {', '.join(BotEvent.Kind.values)}."
+    )
+    bot_name = serializers.CharField(source="bot.name", read_only=True)
+    owner = serializers.CharField(source="bot.owner.username", read_only=True)
+    actor = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = BotEvent
+        fields = ["id", "type", "kind", "time", "bot", "bot_name", "owner", "actor", "message",
+                  "data"]  # fmt: skip
+        read_only_fields = fields
+
+    def get_type(self, event: BotEvent) -> str:
+        return f"bot.{event.kind}"

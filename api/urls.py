@@ -21,6 +21,9 @@ router.register("candles", views.CandleViewSet, basename="candle")
 router.register("strategies", views.StrategyViewSet, basename="strategy")
 router.register("backtests", views.BacktestRunViewSet, basename="backtest")
 router.register("optimizations", views.OptimizationRunViewSet, basename="optimization")
+router.register("ticks", views.RawTickViewSet, basename="tick")
+router.register("rejects", views.RejectedTickViewSet, basename="reject")
+router.register("system-events", views.SystemEventViewSet, basename="systemevent")
 
 urlpatterns = [
     path("", include(router.urls)),

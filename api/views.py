@@ -1,6 +1,8 @@
-"""The REST API's views. Every one needs a signed-in user (session or token); every list is
-scoped to the user's own rows (another user's object answers 404), staff see all; lists are
-cursor-paginated and filterable."""
+"""The REST API's views. Every one needs a signed-in user (session or token); every list of
+users' rows (bots, their records, accounts, runs, events) is scoped to the user's own (another
+user's object answers 404), staff see all, while market data (exchanges, instruments, candles,
+raw and rejected ticks) and the strategy catalog are shared; lists are cursor-paginated and
+filterable."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import Any
 
 import django_filters
 from django.db.models import F, QuerySet
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
@@ -18,15 +20,16 @@ from rest_framework.views import APIView
 
 from api import serializers as s
 from api.errors import Conflict
-from api.pagination import CandlesInTime
+from api.pagination import CandlesInTime, RejectsInTime, TicksInTime
 from backtests import services as backtests_services
 from backtests.metrics import json_safe
 from backtests.models import BacktestRun, OptimizationResult, OptimizationRun, RunStatus
 from bots import selectors, services
 from bots.manager import BotManager
 from bots.models import Bot, BotEvent, ExchangeAccount, Order, Position, Signal, Trade
+from marketdata import selectors as market_selectors
 from marketdata.aggregation import TIMEFRAMES
-from marketdata.models import Candle, Exchange, Instrument
+from marketdata.models import Candle, Exchange, Instrument, RawTick, RejectedTick
 from strategies.registry import available, get_strategy
 
 
@@ -308,14 +311,40 @@ class BacktestRunViewSet(
         )
 
 
-class OptimizationRunViewSet(Owned, Cancellable, viewsets.ReadOnlyModelViewSet):
-    """Stored optimisations (started from the admin or the command): status, progress, the best
-    parameters, walk-forward windows; ``results`` the per-combination table, best first."""
+class OptimizationRunViewSet(
+    Owned,
+    Cancellable,
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Stored optimisations: create one (202 Accepted: queued on the ``backtests`` queue; follow
+    ``status`` and ``progress`` here or live on ``optimizations:{id}``), list, read the status,
+    the best parameters and walk-forward windows; ``results`` the per-combination table, best
+    first; ``cancel``."""
 
     run_noun = "optimisation"
     queryset = OptimizationRun.objects.all()
     serializer_class = s.OptimizationRunSerializer
     filterset_fields = ["status", "strategy", "method"]
+
+    def get_serializer_class(self) -> type[serializers.BaseSerializer]:
+        if self.action == "create":
+            return s.OptimizationRunCreateSerializer
+        return s.OptimizationRunSerializer
+
+    @extend_schema(
+        request=s.OptimizationRunCreateSerializer, responses={202: s.OptimizationRunSerializer}
+    )
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        run = serializer.save()
+        body = s.OptimizationRunSerializer(run, context=self.get_serializer_context()).data
+        return Response(
+            body, status=status.HTTP_202_ACCEPTED, headers={"Location": f"{request.path}{run.pk}/"}
+        )
 
     @extend_schema(responses=s.OptimizationResultSerializer(many=True))
     @action(detail=True, methods=["get"])
@@ -325,3 +354,118 @@ class OptimizationRunViewSet(Owned, Cancellable, viewsets.ReadOnlyModelViewSet):
         )
         page = self.paginate_queryset(rows)
         return self.get_paginated_response(s.OptimizationResultSerializer(page, many=True).data)
+
+
+class TickQuery(serializers.Serializer):
+    instrument = serializers.IntegerField(min_value=1, help_text="The instrument's id.")
+    since = serializers.DateTimeField(required=False, help_text="Trade time from (inclusive).")
+    until = serializers.DateTimeField(required=False, help_text="Trade time to (inclusive).")
+
+
+def _query(query: type[serializers.Serializer], request: Request) -> dict[str, Any]:
+    """A list's query parameters, validated (400 in the error shape when they are not)."""
+    checked = query(data=request.query_params)
+    checked.is_valid(raise_exception=True)
+    return checked.validated_data
+
+
+class RawTickViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """The raw trades of one instrument (required), exactly as received, oldest first by trade
+    time, between ``since`` and ``until``; cursor pages of up to 10,000 rows (one range of the
+    ``(instrument, time)`` index however many ticks are stored). Market data is shared: every
+    signed-in user may read it."""
+
+    serializer_class = s.RawTickSerializer
+    pagination_class = TicksInTime
+    queryset = RawTick.objects.none()  # the schema's model; get_queryset() is the real one
+
+    @extend_schema(parameters=[TickQuery])
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    def get_queryset(self) -> QuerySet:
+        if getattr(self, "swagger_fake_view", False):
+            return RawTick.objects.none()
+        values = _query(TickQuery, self.request)
+        if not Instrument.objects.filter(pk=values["instrument"]).exists():
+            raise NotFound("no such instrument")
+        return market_selectors.raw_ticks_between(
+            instrument_id=values["instrument"], since=values.get("since"),
+            until=values.get("until"),
+        )  # fmt: skip
+
+
+class RejectQuery(serializers.Serializer):
+    instrument = serializers.RegexField(
+        r"^(none|[1-9][0-9]{0,17})$",
+        help_text="The instrument's id, or none: the rows of no known instrument (unknown "
+        "symbols).",
+    )
+    since = serializers.DateTimeField(required=False, help_text="Received from (inclusive).")
+    until = serializers.DateTimeField(required=False, help_text="Received until (inclusive).")
+    exchange = serializers.CharField(required=False, help_text="As the provider named it.")
+    symbol = serializers.CharField(required=False, help_text="As the provider sent it.")
+
+
+class RejectedTickViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """The rows the collector refused for one instrument (or, with ``instrument=none``, for no
+    known instrument), with the raw payload and the reason, oldest first by arrival; cursor
+    pages. Shared like all market data."""
+
+    serializer_class = s.RejectedTickSerializer
+    pagination_class = RejectsInTime
+    queryset = RejectedTick.objects.none()
+
+    @extend_schema(parameters=[RejectQuery])
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    def get_queryset(self) -> QuerySet:
+        if getattr(self, "swagger_fake_view", False):
+            return RejectedTick.objects.none()
+        values = _query(RejectQuery, self.request)
+        instrument = None if values["instrument"] == "none" else int(values["instrument"])
+        if instrument is not None and not Instrument.objects.filter(pk=instrument).exists():
+            raise NotFound("no such instrument")
+        return market_selectors.rejected_ticks_between(
+            instrument_id=instrument, since=values.get("since"), until=values.get("until"),
+            exchange=values.get("exchange"), symbol=values.get("symbol"),
+        )  # fmt: skip
+
+
+class SystemEventFilter(_TimeRange):
+    kind = django_filters.MultipleChoiceFilter(choices=BotEvent.Kind.choices)
+
+    class Meta:
+        model = BotEvent
+        fields = ["kind", "bot"]
+
+
+class SystemEventViewSet(viewsets.ReadOnlyModelViewSet):
+    """The platform's event log, as the ``system_events`` channel announces it live (starts,
+    stops, pauses, errors, kill switches, reconciliations, ...), newest first: the events of
+    the user's own bots; staff see every user's. Filter by ``kind`` (repeatable), ``bot``,
+    ``since``/``until``; staff also by ``owner`` (a user id)."""
+
+    serializer_class = s.SystemEventSerializer
+    filterset_class = SystemEventFilter
+    queryset = BotEvent.objects.none()
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("owner", int, description="Staff only: the bots' owner (user id).")
+        ]
+    )
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    def get_queryset(self) -> QuerySet:
+        if getattr(self, "swagger_fake_view", False):
+            return BotEvent.objects.none()
+        rows = selectors.system_events_for(self.request.user)
+        owner = self.request.query_params.get("owner")
+        if owner and self.request.user.is_staff:
+            if not owner.isdigit():
+                raise ValidationError({"owner": ["a user id"]})
+            rows = rows.filter(bot__owner_id=int(owner))
+        return rows

@@ -1,15 +1,20 @@
 import json
+import logging
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db import transaction
-from django.utils.html import format_html
+from django.db import models, transaction
+from django.db.models import F
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
 from backtests import services
 from backtests.models import BacktestRun, OptimizationResult, OptimizationRun
 from strategies.base import StrategyParameterError
 from strategies.registry import UnknownStrategyError, available, get_strategy
+
+logger = logging.getLogger(__name__)
 
 REPRO_FIELDS = (
     "data_first", "data_last", "data_bars", "data_hash", "strategy_version", "engine_version",
@@ -44,27 +49,83 @@ class StrategyChoiceForm(forms.ModelForm):
         return data
 
 
+class OptimizationRunForm(StrategyChoiceForm):
+    """The strategy form, and the optimisation's own checks (``optimization_validate``: the
+    search space against the strategy, its size, the objective, walk-forward windows) shown
+    next to the fields instead of failing on save."""
+
+    def clean(self):
+        data = super().clean()
+        if self.instance.pk or self.errors:
+            return data
+        run = OptimizationRun(**{
+            field.name: data[field.name]
+            for field in OptimizationRun._meta.concrete_fields
+            if field.name in data
+        })  # fmt: skip
+        try:
+            services.optimization_validate(run=run)
+        except ValidationError as exc:
+            for field, errors in exc.message_dict.items():
+                self.add_error(field if field in self.fields else None, errors)
+        return data
+
+
 class RunAdmin(admin.ModelAdmin):
-    list_filter = ("status", "strategy", "timeframe", "instrument")
-    search_fields = ("strategy", "instrument__symbol", "owner__username")
+    list_filter = (
+        "status",
+        "strategy",
+        "timeframe",
+        ("instrument", admin.RelatedOnlyFieldListFilter),
+    )
+    search_fields = ("=id", "strategy", "instrument__symbol", "owner__username")
     list_select_related = ("instrument__exchange", "owner")
+    autocomplete_fields = ("instrument",)
     readonly_fields = (
         "owner", "status", "progress", "error", "task_id", "created_at", "started_at",
         "finished_at", *REPRO_FIELDS,
     )  # fmt: skip
-    actions = ("cancel_runs",)
+    actions = ("rerun_runs", "cancel_runs")
+    #: ``backtests.services`` function making a new queued run with a stored run's settings.
+    rerun = staticmethod(services.backtest_rerun)
 
-    @admin.action(description="Cancel the selected runs")
+    @admin.action(description="Cancel the selected runs (queued or running)")
     def cancel_runs(self, request, queryset) -> None:
         cancelled = sum(services.run_cancel(run=run) for run in queryset)
-        self.message_user(request, f"{cancelled} run(s) cancelled.")
+        finished = queryset.count() - cancelled
+        self.message_user(
+            request, f"{cancelled} run(s) cancelled, {finished} had finished already."
+        )
+
+    @admin.action(description="Re-run the selected runs (new queued runs, same settings)")
+    def rerun_runs(self, request, queryset) -> None:
+        made = []
+        for run in queryset.order_by("pk"):
+            try:
+                made.append(self.rerun(run=run).pk)
+            except (ValidationError, ValueError, KeyError) as exc:
+                # A strategy or parameter no longer accepted (the run was validated again).
+                text = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+                self.message_user(request, f"#{run.pk}: {text}", messages.ERROR)
+            except Exception as exc:
+                logger.exception("admin: re-running %s failed", run)
+                self.message_user(
+                    request, f"#{run.pk}: {type(exc).__name__}: {exc}", messages.ERROR
+                )
+        if made:
+            ids = ", ".join(f"#{pk}" for pk in made)
+            self.message_user(request, f"{len(made)} run(s) queued again: {ids}.", messages.SUCCESS)
 
     def get_readonly_fields(self, request, obj=None):
         # A run is a record: once submitted only its status moves.
         if obj is not None:
-            return [f.name for f in self.model._meta.fields if f.name != "id"] + list(
-                self.extra_readonly
-            )
+            # The compact results (binary, megabytes) are read through the pages and the API.
+            shown = [
+                f.name
+                for f in self.model._meta.fields
+                if f.name != "id" and not isinstance(f, models.BinaryField)
+            ]
+            return [*shown, *self.extra_readonly]
         return self.readonly_fields
 
 
@@ -96,27 +157,40 @@ class BacktestRunAdmin(RunAdmin):
         messages.info(request, "The backtest is queued; this page shows its progress.")
 
 
-class OptimizationResultInline(admin.TabularInline):
-    model = OptimizationResult
-    fields = ("objective", "parameters", "metrics", "worker")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    ordering = ("-objective",)
-    max_num = 0
+#: Rows of the best results shown on an optimisation's page (all of them: the results' list).
+BEST_RESULTS = 20
 
 
 @admin.register(OptimizationRun)
 class OptimizationRunAdmin(RunAdmin):
-    form = StrategyChoiceForm
+    form = OptimizationRunForm
     list_display = (
         "id", "method", "strategy", "instrument", "timeframe", "status", "progress",
         "combinations", "objective", "owner", "created_at",
     )  # fmt: skip
-    extra_readonly = ()
+    list_filter = ("method", *RunAdmin.list_filter)
+    # A grid may hold 100,000 combinations: the page shows the best ones (an inline would
+    # render them all) and links to the results' list.
+    extra_readonly = ("best_results",)
     exclude = ("chunks_total", "chunks_done", "combinations", "best_parameters", "best_metrics",
                "walk_forward")  # fmt: skip
-    inlines = (OptimizationResultInline,)
+    rerun = staticmethod(services.optimization_rerun)
+
+    @admin.display(description="best results")
+    def best_results(self, obj: OptimizationRun) -> str:
+        rows = obj.results.order_by(F("objective").desc(nulls_last=True), "id")[:BEST_RESULTS]
+        body = format_html_join(
+            "", "<tr><td>{}</td><td><code>{}</code></td></tr>",
+            ((row.objective, json.dumps(row.parameters, sort_keys=True)) for row in rows),
+        )  # fmt: skip
+        link = (
+            reverse("admin:backtests_optimizationresult_changelist") + f"?run__id__exact={obj.pk}"
+        )
+        return format_html(
+            "<table><thead><tr><th>{}</th><th>parameters</th></tr></thead><tbody>{}</tbody>"
+            '</table><p><a href="{}">all {} results</a></p>',
+            obj.objective, body, link, obj.results.count(),
+        )  # fmt: skip
 
     def save_model(self, request, obj: OptimizationRun, form, change: bool) -> None:
         if change:
@@ -125,3 +199,20 @@ class OptimizationRunAdmin(RunAdmin):
         with transaction.atomic():
             services.optimization_submit(run=obj)
         messages.info(request, "The optimisation is queued; this page shows its progress.")
+
+
+@admin.register(OptimizationResult)
+class OptimizationResultAdmin(admin.ModelAdmin):
+    """One evaluated combination: written by the workers, never edited."""
+
+    list_display = ("id", "run", "objective", "parameters", "chunk", "worker")
+    list_filter = ("run__method", "run__status")
+    search_fields = ("=run__id", "run__strategy", "worker")
+    list_select_related = ("run",)
+    show_full_result_count = False
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

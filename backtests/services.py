@@ -474,3 +474,159 @@ def _finish_optimization(run: OptimizationRun) -> None:
     run.status = RunStatus.DONE
     run.progress = 1.0
     run.finished_at = timezone.now()
+
+
+# --- checks for the pages' forms ----------------------------------------------------------------
+
+
+class RunOptionsError(ValueError):
+    """An engine setting of a run (cash, fee, slippage, size, fill, stops) is not acceptable;
+    ``field`` names it (``None`` when the message names none)."""
+
+    def __init__(self, field: str | None, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+def run_options_validate(options: dict[str, Any]) -> None:
+    """Check a run's engine settings as the engine will (``EngineOptions``), before it is stored,
+    so that a bad fee is refused at submission instead of failing the run in the worker.
+    Raises ``RunOptionsError`` naming the setting."""
+    from backtests.engine import EngineOptions
+
+    try:
+        EngineOptions(**options)
+    except (TypeError, ValueError) as exc:
+        text = str(exc)
+        field = next((name for name in options if text.startswith(f"{name} ")), None)
+        raise RunOptionsError(field, text) from exc
+
+
+# --- creating optimisations and re-running runs (the API and the admin) -------------------------
+
+#: The most combinations one optimisation may try (the grid's size; random search's ``n_iter``):
+#: enumerating and checking a grid happens before anything is stored, in the request.
+OPTIMIZATION_MAX_COMBINATIONS = 100_000
+
+#: The settings a re-run copies: everything that defines the run, nothing it produced.
+_RUN_SETTINGS = (
+    "owner", "strategy", "instrument", "timeframe", "start", "end", "cash", "fee", "slippage",
+    "size", "fill", "allow_short", "stop_loss", "take_profit", "trailing_stop",
+)  # fmt: skip
+_OPTIMIZATION_SETTINGS = ("method", "space", "objective", "n_iter", "seed", "train_bars",
+                          "test_bars")  # fmt: skip
+
+
+def _space_errors(run: OptimizationRun, cls: type[BaseStrategy]) -> list[str]:
+    """What is wrong with the run's search space: not an object, unknown parameters, values the
+    strategy refuses, or a grid beyond ``OPTIMIZATION_MAX_COMBINATIONS``."""
+    space = run.space if run.space is not None else {}
+    if not isinstance(space, dict):
+        return ["give a JSON object of parameter name -> list of values to try"]
+    try:
+        grid = cls.search_space(space or None)
+    except StrategyParameterError as exc:
+        return [str(exc)]
+    size = 1
+    for values in grid.values():
+        size *= max(len(values), 1)
+    if run.method == OptimizationRun.Method.GRID and size > OPTIMIZATION_MAX_COMBINATIONS:
+        return [
+            f"the grid holds {size:,} combinations; at most {OPTIMIZATION_MAX_COMBINATIONS:,} "
+            "(narrow it or use random search)"
+        ]
+    return []
+
+
+def _has_combination(run: OptimizationRun, cls: type[BaseStrategy]) -> bool:
+    """Whether the run would try anything: a grid stops at its first valid combination; a
+    random search draws its combinations (at most ``OPTIMIZATION_MAX_COMBINATIONS``)."""
+    if run.method == OptimizationRun.Method.RANDOM:
+        return 1 <= run.n_iter <= OPTIMIZATION_MAX_COMBINATIONS and bool(_combinations(run))
+    return next(cls.parameter_grid(run.space or None), None) is not None
+
+
+def optimization_validate(*, run: OptimizationRun) -> None:
+    """The checks ``optimization_submit`` makes (a space with at least one valid combination
+    included), the engine settings and the size limit, as a ``ValidationError`` keyed by the
+    run's field names (what forms and the API show next to the inputs). Stores nothing."""
+    from django.core.exceptions import ValidationError
+
+    from backtests.metrics import METRIC_NAMES
+    from strategies.registry import UnknownStrategyError
+
+    try:
+        cls = get_strategy(run.strategy)
+    except UnknownStrategyError as exc:
+        raise ValidationError({"strategy": [str(exc)]}) from exc
+    errors: dict[str, list[str]] = {}
+    space = _space_errors(run, cls)
+    if space:
+        errors["space"] = space
+    elif not _has_combination(run, cls):
+        errors["space"] = ["the search space holds no valid combination"]
+    try:
+        run_options_validate(run.engine_options())
+    except RunOptionsError as exc:
+        errors[exc.field or "non_field_errors"] = [str(exc)]
+    if run.objective not in METRIC_NAMES:
+        errors["objective"] = [f"one of {', '.join(METRIC_NAMES)}"]
+    if run.start and run.end and run.end <= run.start:
+        errors["end"] = ["must be after start"]
+    if run.method == OptimizationRun.Method.RANDOM and not (
+        1 <= run.n_iter <= OPTIMIZATION_MAX_COMBINATIONS
+    ):
+        errors["n_iter"] = [f"between 1 and {OPTIMIZATION_MAX_COMBINATIONS:,}"]
+    if run.method == OptimizationRun.Method.WALK_FORWARD:
+        for name in ("train_bars", "test_bars"):
+            if not getattr(run, name):
+                errors[name] = ["walk-forward needs a number of bars"]
+    if errors:
+        raise ValidationError(errors)
+
+
+@transaction.atomic
+def optimization_create(
+    *,
+    user: Any,
+    strategy: str,
+    instrument: Instrument,
+    timeframe: str,
+    start: datetime,
+    end: datetime,
+    **fields: Any,
+) -> OptimizationRun:
+    """Validate and store an optimisation, queued after commit (``optimization_submit``).
+    ``fields``: the other fields of ``OptimizationRun`` (method, space, objective, n_iter,
+    seed, train_bars, test_bars, costs and stops). Raises ``django.core.exceptions.
+    ValidationError`` keyed by field; nothing is stored then."""
+    from django.core.exceptions import ValidationError
+
+    run = OptimizationRun(
+        owner=user, strategy=strategy, instrument=instrument, timeframe=timeframe, start=start,
+        end=end, **fields,
+    )  # fmt: skip
+    optimization_validate(run=run)
+    run.full_clean(exclude=["owner", "space", "task_id"])
+    try:
+        return optimization_submit(run=run)
+    except ValueError as exc:  # checked above already; kept as a 400, never a 500
+        raise ValidationError({"space": [str(exc)]}) from exc
+
+
+@transaction.atomic
+def backtest_rerun(*, run: BacktestRun) -> BacktestRun:
+    """A new queued backtest with ``run``'s settings (owner, strategy, parameters, market,
+    period, costs, stops), validated again: a strategy changed since raises as at creation."""
+    fresh = BacktestRun(parameters=dict(run.parameters or {}),
+                        **{name: getattr(run, name) for name in _RUN_SETTINGS})  # fmt: skip
+    return backtest_submit(run=fresh)
+
+
+@transaction.atomic
+def optimization_rerun(*, run: OptimizationRun) -> OptimizationRun:
+    """A new queued optimisation with ``run``'s settings, validated again
+    (``optimization_validate``)."""
+    fields = {name: getattr(run, name) for name in (*_RUN_SETTINGS, *_OPTIMIZATION_SETTINGS)}
+    owner = fields.pop("owner")
+    return optimization_create(user=owner, **fields)

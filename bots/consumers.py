@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qs
 
+from bots import selectors
 from bots.models import Bot, Order, Position, Signal, Trade
 from bots.services import signal_event
 from marketdata.services import datetime_to_ms
 from tradeapp import events
-from tradeapp.consumers import CLOSE_NOT_FOUND, StreamConsumer
+from tradeapp.consumers import CLOSE_BAD_REQUEST, CLOSE_NOT_FOUND, StreamConsumer
 
 #: Rows of history a snapshot carries (the pages page further through the REST API).
 SNAPSHOT_ROWS = 50
@@ -134,4 +136,52 @@ class PortfolioConsumer(BotConsumer):
                 }
                 for trade in reversed(list(trades))
             ],
+        }
+
+
+class DashboardConsumer(StreamConsumer):
+    """``/ws/dashboard?bots=1,2,3[&all=1]``: the dashboard's bots in one connection.
+
+    ``bots``: the ids of the bots the page shows (at most ``MAX_BOTS``); those the user may not
+    see (another user's, for a non-staff user) are left out silently, as if they did not
+    exist. Relays ``bot_signals:{id}`` and ``trade_updates:{id}`` of each (``signal.created``,
+    ``bot.status``, ``portfolio.updated``, ...), and ``system_events`` for staff. The snapshot
+    holds each bot's row (``bots.selectors.dashboard_row``) and the totals of the user's bots
+    (everyone's with ``all=1`` for staff, as the page). A bad query closes with 4400.
+    """
+
+    MAX_BOTS = 50
+
+    bot_ids: list[int]
+    everyone: bool
+
+    def allowed(self, user: Any) -> bool:
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        raw = [part for part in query.get("bots", [""])[-1].split(",") if part]
+        if len(raw) > self.MAX_BOTS or not all(part.isdigit() for part in raw):
+            self.refusal_code = CLOSE_BAD_REQUEST
+            return False
+        self.everyone = bool(user.is_staff) and query.get("all", ["0"])[-1] == "1"
+        ids = {int(part) for part in raw}
+        visible = Bot.objects.all() if user.is_staff else Bot.objects.filter(owner=user)
+        self.bot_ids = sorted(visible.filter(pk__in=ids).values_list("pk", flat=True))
+        return True
+
+    def get_streams(self) -> list[str]:
+        streams = []
+        for bot_id in self.bot_ids:
+            streams.append(events.BOT_SIGNAL_CHANNEL.format(bot_id=bot_id))
+            streams.append(events.TRADE_UPDATE_CHANNEL.format(bot_id=bot_id))
+        if self.scope["user"].is_staff:
+            streams.append(events.SYSTEM_EVENT_CHANNEL)
+        return streams
+
+    def snapshot(self) -> dict[str, Any]:
+        user = self.scope["user"]
+        rows = selectors.bots_visible(user, everyone=True).filter(pk__in=self.bot_ids)
+        return {
+            "bots": [selectors.dashboard_row(bot) for bot in rows.order_by("pk")],
+            "totals": selectors.portfolio_totals(
+                selectors.bots_visible(user, everyone=self.everyone)
+            ),
         }

@@ -1170,3 +1170,45 @@ def demo_bots_ensure(*, user: Any, instruments: Iterable[Instrument]) -> list[Bo
                 bot_start(bot_id=bot.pk, actor=user, notify=False)
             bots.append(bot)
     return bots
+
+
+# --- pages: edit and delete (the rules the API applies too) ---------------------------------
+
+#: What a bot's owner may change once it exists (``UPDATABLE`` minus the status' own reason):
+#: the strategy, market, mode, account and capital are fixed, as the API says.
+EDITABLE = ("name", "parameters", *RISK_FIELDS)
+
+
+@transaction.atomic
+def bot_edit(*, bot_id: int, changes: Mapping[str, Any], actor: Any = None) -> Bot:
+    """Change a bot's settings (``EDITABLE``) while it is not running, through
+    ``bot_update_state`` (validated, audited). Raises ``BotStateError`` while it runs (the lock
+    makes the check and the change one step), ``ValueError`` for a field fixed at creation,
+    ``StrategyParameterError``/``ValidationError`` as ``bot_update_state`` does."""
+    fixed = sorted(set(changes) - set(EDITABLE))
+    if fixed:
+        raise ValueError(f"cannot be changed once the bot exists: {', '.join(fixed)}")
+    bot = Bot.objects.select_for_update().get(pk=bot_id)
+    if bot.status == Bot.Status.RUNNING:
+        raise BotStateError("stop the bot before changing it")
+    changed = {k: v for k, v in changes.items() if getattr(bot, k) != v}
+    if not changed:
+        return bot
+    return bot_update_state(bot_id=bot.pk, state=changed, actor=actor)
+
+
+@transaction.atomic
+def bot_delete(*, bot_id: int, actor: Any = None) -> str:
+    """Delete a stopped bot with its history; returns its name. ``BotStateError`` unless it is
+    stopped (stopping cancels its open orders first, so none is left at an exchange)."""
+    bot = Bot.objects.select_for_update().get(pk=bot_id)
+    if bot.status != Bot.Status.STOPPED:
+        raise BotStateError("stop the bot before deleting it")
+    name = bot.name
+    publish_on_commit(
+        "system_events",
+        {"type": "bot.deleted", "bot_id": bot.pk, "owner_id": bot.owner_id, "name": name,
+         "actor": getattr(actor, "username", None)},
+    )  # fmt: skip
+    bot.delete()
+    return name

@@ -8,4 +8,11 @@ app_name = "bots"
 
 urlpatterns = [
     path("", views.bot_list, name="list"),
+    path("new/", views.bot_create, name="create"),
+    path("<int:pk>/", views.bot_detail, name="detail"),
+    path("<int:pk>/edit/", views.bot_edit, name="edit"),
+    path("<int:pk>/start/", views.bot_start, name="start"),
+    path("<int:pk>/stop/", views.bot_stop, name="stop"),
+    path("<int:pk>/delete/", views.bot_delete, name="delete"),
+    path("<int:pk>/parity/", views.bot_parity, name="parity"),
 ]

@@ -1,13 +1,17 @@
 from django.contrib import admin
 
 from marketdata.models import Candle, CollectionStatus, Exchange, Instrument, RawTick, RejectedTick
+from tradeapp.admin import EstimatedCountPaginator
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
     """Audit data: visible, never edited or deleted through the admin."""
 
-    # Counting millions of rows on every page is slow: show "Show all" without a total.
+    # Counting millions of rows on every page is slow: show "Show all" without a total, and
+    # take an unfiltered list's total from the planner's statistics. No date_hierarchy on the
+    # big tables either: its year/month links are a DISTINCT over every row.
     show_full_result_count = False
+    paginator = EstimatedCountPaginator
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
@@ -21,33 +25,37 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(Exchange)
 class ExchangeAdmin(admin.ModelAdmin):
-    list_display = ("ccxt_id", "name", "kind", "api_base_url", "active")
+    list_display = ("ccxt_id", "name", "kind", "api_base_url", "active", "updated_at")
     list_filter = ("kind", "active")
     search_fields = ("ccxt_id", "name")
+    readonly_fields = ("created_at", "updated_at")
 
 
 @admin.register(Instrument)
 class InstrumentAdmin(admin.ModelAdmin):
-    list_display = ("symbol", "exchange", "base", "quote", "active", "timeframes")
+    list_display = ("symbol", "exchange", "base", "quote", "active", "timeframes", "created_at")
     list_filter = ("exchange", "active", "quote")
-    search_fields = ("symbol", "base", "quote")
+    # Also what the instrument pickers of bots and runs (autocomplete_fields) search.
+    search_fields = ("symbol", "base", "quote", "exchange__ccxt_id")
     list_select_related = ("exchange",)
+    readonly_fields = ("created_at",)
 
 
 @admin.register(RawTick)
 class RawTickAdmin(ReadOnlyAdmin):
     list_display = ("time", "instrument", "trade_id", "price", "amount", "side", "received_at")
     list_filter = ("instrument__exchange", "instrument", "side")
-    search_fields = ("trade_id",)
-    date_hierarchy = "time"
+    # Exact: a substring search would read every tick.
+    search_fields = ("=trade_id",)
     list_select_related = ("instrument__exchange",)
 
 
 @admin.register(RejectedTick)
 class RejectedTickAdmin(ReadOnlyAdmin):
-    list_display = ("received_at", "exchange", "symbol", "reason")
+    list_display = ("received_at", "exchange", "symbol", "instrument", "reason")
     list_filter = ("exchange", "instrument")
     search_fields = ("symbol", "reason")
+    list_select_related = ("instrument__exchange",)
     date_hierarchy = "received_at"
 
 
@@ -59,7 +67,6 @@ class CandleAdmin(ReadOnlyAdmin):
     )  # fmt: skip
     list_filter = ("timeframe", "source", "instrument__exchange", "instrument")
     search_fields = ("instrument__symbol",)
-    date_hierarchy = "close_time"
     list_select_related = ("instrument__exchange",)
 
 

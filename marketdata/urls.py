@@ -8,5 +8,6 @@ app_name = "marketdata"
 
 urlpatterns = [
     path("", views.market_list, name="markets"),
+    path("<int:pk>/", views.market_detail, name="market"),
     path("data-status/", views.data_status, name="data-status"),
 ]

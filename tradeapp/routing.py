@@ -7,7 +7,8 @@
 
 from django.urls import path
 
-from bots.consumers import BotStatusConsumer, PortfolioConsumer
+from backtests.consumers import BacktestProgressConsumer, OptimizationProgressConsumer
+from bots.consumers import BotStatusConsumer, DashboardConsumer, PortfolioConsumer
 from marketdata.consumers import MarketConsumer
 from tradeapp.consumers import SystemEventsConsumer
 
@@ -16,4 +17,7 @@ websocket_urlpatterns = [
     path("ws/portfolio/<int:bot_id>", PortfolioConsumer.as_asgi()),
     path("ws/market/<path:symbol>", MarketConsumer.as_asgi()),
     path("ws/system/events", SystemEventsConsumer.as_asgi()),
+    path("ws/backtest/<int:run_id>", BacktestProgressConsumer.as_asgi()),
+    path("ws/optimization/<int:run_id>", OptimizationProgressConsumer.as_asgi()),
+    path("ws/dashboard", DashboardConsumer.as_asgi()),
 ]

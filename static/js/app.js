@@ -61,9 +61,10 @@
    * One WebSocket route of the platform, kept alive.
    *
    * The server sends a snapshot first (`{"type": "snapshot", "streams": {channel: seq}}`), then
-   * events, each with its channel's `seq`. An event at or below the known seq is already in the
-   * snapshot and is skipped; one beyond seq + 1 means messages were lost, so the stream asks for
-   * a new snapshot (and ignores events until it arrives). A closed socket reconnects with
+   * events, each with its channel's `seq`. An event just below the known seq was published
+   * before the snapshot was read and is skipped; one beyond seq + 1 means messages were lost,
+   * and one far below means the counter restarted (Redis was restarted): either way the stream
+   * asks for a new snapshot (and ignores events until it arrives). A closed socket reconnects with
    * exponential backoff and jitter (0.5 s doubling to 30 s), and reconnecting brings a snapshot.
    * Close codes 4401/4403/4404/4400 are refusals: no reconnect.
    *
@@ -177,6 +178,20 @@
 
   const darkScheme = window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches;
 
+  const tickFormats = [
+    { year: "numeric" },                                  // Year
+    { month: "short" },                                   // Month
+    { day: "numeric", month: "short" },                   // DayOfMonth
+    { hour: "2-digit", minute: "2-digit", hour12: false },  // Time
+    { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false },  // TimeWithSeconds
+  ].map((format) => new Intl.DateTimeFormat(undefined, format));
+
+  /** An axis label in the viewer's zone (`TickMarkType`: 0 year ... 4 time with seconds). */
+  function localTickMark(time, type) {
+    const format = tickFormats[type] || tickFormats[3];
+    return format.format(new Date(Number(time) * 1000));
+  }
+
   function baseChart(container, options) {
     const lib = chartLibrary();
     const chart = lib.createChart(container, Object.assign({
@@ -190,9 +205,10 @@
         vertLines: { color: darkScheme ? "#2a2e39" : "#eceff4" },
         horzLines: { color: darkScheme ? "#2a2e39" : "#eceff4" },
       },
-      // Times on the axis in the viewer's zone: the library draws UTC, so shift by the offset.
+      // The library works in UTC seconds; its labels (crosshair and axis) are written in the
+      // viewer's zone, as every other time on the pages.
       localization: { timeFormatter: (t) => localFormat.format(new Date(t * 1000)) },
-      timeScale: { timeVisible: true, secondsVisible: false },
+      timeScale: { timeVisible: true, secondsVisible: false, tickMarkFormatter: localTickMark },
     }, options || {}));
     return chart;
   }

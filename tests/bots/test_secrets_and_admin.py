@@ -147,3 +147,63 @@ def test_admin_bot_form_names_the_bad_parameter(admin_client, user):
     assert response.status_code == 200
     assert "sma_crossover: parameter" in response.content.decode()
     assert not Bot.objects.exists()
+
+
+def messages_of(response) -> list[str]:
+    return [str(message) for message in response.context["messages"]]
+
+
+def test_admin_bot_actions_report_failures_and_counts(admin_client, user, account, settings):
+    settings.TRADEAPP_LIVE_TRADING = False
+    instrument = instrument_with_exchange()
+    paper = make_bot(user, instrument, name="paper")
+    live = make_bot(user, instrument, name="live", mode="live", account=account)
+    url = reverse("admin:bots_bot_changelist")
+    both = [str(paper.pk), str(live.pk)]
+    response = admin_client.post(
+        url, {"action": "start_bots", "_selected_action": both}, follow=True
+    )
+    assert response.status_code == 200
+    text = messages_of(response)
+    assert "1 bot(s) started, 0 already running, 1 failed." in text, text
+    assert any(m.startswith(f"{live}: ") for m in text), text  # the refusal, per bot
+    paper.refresh_from_db()
+    live.refresh_from_db()
+    assert (paper.status, live.status) == ("running", "stopped")
+    response = admin_client.post(
+        url, {"action": "stop_bots", "_selected_action": both}, follow=True
+    )
+    assert "1 bot(s) stopped, 1 already stopped, 0 failed." in messages_of(response)
+    assert Bot.objects.get(pk=paper.pk).status == "stopped"
+
+
+def test_admin_bot_edits_go_through_the_manager_and_only_while_stopped(admin_client, user):
+    instrument = instrument_with_exchange()
+    bot = make_bot(user, instrument, name="editable")
+    url = reverse("admin:bots_bot_change", args=[bot.pk])
+    page = admin_client.get(url).content.decode()
+    assert 'name="name"' in page and 'name="parameters"' in page
+    assert 'name="capital"' not in page and 'name="strategy"' not in page  # fixed once made
+    form = {
+        "name": "renamed", "parameters": '{"fast": 4, "slow": 9}', "max_position_fraction": "0.5",
+        "stop_loss": "0.02", "take_profit": "", "trailing_stop": "", "cooldown_candles": "0",
+        "max_daily_loss": "", "fee": "0.001", "slippage": "0.0005",
+        "capital": "999999", "strategy": "ema_crossover",  # ignored: not fields of this form
+    }  # fmt: skip
+    assert admin_client.post(url, form).status_code == 302
+    bot.refresh_from_db()
+    assert (bot.name, bot.parameters, bot.stop_loss) == ("renamed", {"fast": 4, "slow": 9}, 0.02)
+    assert (bot.capital, bot.strategy) == (10_000, "sma_crossover")
+    event = BotEvent.objects.get(bot=bot, kind=BotEvent.Kind.STATE_UPDATED)
+    assert event.actor.is_superuser and "parameters" in event.message
+    bad = admin_client.post(url, {**form, "parameters": '{"fast": 40, "slow": 9}'})
+    assert bad.status_code == 200 and "sma_crossover: parameter" in bad.content.decode()
+
+    from bots.manager import BotManager
+
+    BotManager().start_bot(bot.pk)
+    page = admin_client.get(url).content.decode()
+    assert 'name="name"' not in page and 'name="parameters"' not in page  # read-only now
+    admin_client.post(url, {**form, "name": "while running"})
+    bot.refresh_from_db()
+    assert bot.name == "renamed" and bot.status == "running"

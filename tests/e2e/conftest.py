@@ -162,9 +162,12 @@ def asgi_server(
         proc.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[object]:
-    """Debian's Chromium, headless, driven by Playwright (never Playwright's own download)."""
+    """Debian's Chromium, headless, driven by Playwright (never Playwright's own download).
+
+    Module-scoped on purpose: Playwright's sync API keeps an event loop running in the main
+    thread while it is started, which the async tests of other modules must not inherit."""
     from playwright.sync_api import sync_playwright
 
     executable = chromium_executable()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.factories import UserFactory
+from tests.support import eventually
 
 PASSWORD = "correct horse battery staple 42"
 
@@ -40,4 +41,108 @@ def test_sign_in_and_out(browsing, trader):
     page.wait_for_url("**/accounts/login/**")
     page.goto("/bots/")
     page.wait_for_url("**/accounts/login/?next=/bots/")
+    assert browsing.errors == []
+
+
+def test_a_bot_from_the_form_trades_live_and_a_backtest_draws_its_equity(browsing, trader):
+    """The issue's path: sign in, create a bot from the form, start it, see a candle and a
+    signal arrive on its page over the WebSocket, run a backtest and see its equity chart."""
+    from bots.models import Bot, Signal
+    from marketdata.services import ms_to_datetime
+    from tests.e2e.market import close_next_minute, instrument_with_history
+
+    page = browsing.page
+    instrument = instrument_with_history()
+    sign_in(browsing)
+
+    # --- a bot from the form generated from the strategy's parameter schema
+    page.goto("/bots/new/")
+    page.fill("#id_name", "Browser SMA")
+    page.select_option("#id_strategy", "sma_crossover")
+    page.select_option("#id_instrument", str(instrument.pk))
+    page.select_option("#id_timeframe", "1m")
+    page.fill("[name='sma_crossover-fast']", "8")
+    page.fill("[name='sma_crossover-slow']", "3")  # refused: the fast average must be faster
+    page.click("#bot-submit")
+    assert page.locator("#id_sma_crossover-fast_error, .errorlist").first.is_visible()
+    assert not Bot.objects.filter(name="Browser SMA").exists()
+    page.fill("[name='sma_crossover-fast']", "3")
+    page.fill("[name='sma_crossover-slow']", "8")
+    page.click("#bot-submit")
+    bot = eventually(lambda: Bot.objects.filter(owner=trader, name="Browser SMA").first())
+    page.wait_for_url(f"**/bots/{bot.pk}/")
+    assert bot.parameters == {"fast": 3, "slow": 8}
+    assert page.locator("#bot-status").inner_text() == "stopped"
+
+    # --- start it (the page asks first)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#start-form button")
+    page.wait_for_function("document.querySelector('#bot-status').textContent.trim() == 'running'")
+    for stream in ("status", "portfolio", "market"):
+        page.wait_for_selector(f"#stream-state-{stream}[data-stream-state='live']")
+    chart = page.locator("#price-chart")
+    page.wait_for_function("Number(document.querySelector('#price-chart').dataset.candles) > 0")
+    candles_before = int(chart.get_attribute("data-candles"))
+    page.evaluate("window.__sameDocument = true")
+
+    # --- a live minute closes: collector -> candle.closed -> Celery worker -> bot -> signal
+    close_ms = close_next_minute(instrument, [101.0, 103.5, 102.2, 104.0])
+    signal = eventually(
+        lambda: Signal.objects.filter(bot=bot, time=ms_to_datetime(close_ms)).first(),
+        timeout=60,
+        message="the worker recorded the bot's decision on the new candle",
+    )
+    page.wait_for_selector(f"#decision-log tr[data-signal-id='{signal.pk}']", timeout=30_000)
+    page.wait_for_function(
+        f"Number(document.querySelector('#price-chart').dataset.candles) > {candles_before}"
+    )
+    assert page.evaluate("window.__sameDocument") is True  # arrived live, not by a reload
+    row = page.locator(f"#decision-log tr[data-signal-id='{signal.pk}']").inner_text()
+    assert signal.action.lower() in row.lower()
+    # Times in the viewer's zone (the context runs in Europe/Berlin), UTC on hover.
+    stamp = page.locator(f"#decision-log tr[data-signal-id='{signal.pk}'] time").first
+    assert "UTC" in (stamp.get_attribute("title") or "")
+    assert "UTC" not in stamp.inner_text()
+    browsing.screenshot("bot-detail-live")
+
+    # --- the dashboard lists it, live
+    page.goto("/")
+    page.wait_for_selector("#stream-state-dashboard[data-stream-state='live']")
+    assert "Browser SMA" in page.locator(f"#dashboard-bots tr[data-bot-id='{bot.pk}']").inner_text()
+
+    # --- a backtest from its form, run by the worker, its equity and drawdown drawn
+    page.goto("/backtests/new/")
+    page.select_option("#id_strategy", "sma_crossover")
+    page.select_option("#id_instrument", str(instrument.pk))
+    page.select_option("#id_timeframe", "1m")
+    page.fill("[name='sma_crossover__fast']", "3")
+    page.fill("[name='sma_crossover__slow']", "8")
+    page.click("#submit-backtest")
+    page.wait_for_url("**/backtests/*/")
+    page.wait_for_selector("#run-status[data-status='done']", timeout=60_000)
+    page.wait_for_function("Number(document.querySelector('#equity-chart').dataset.points) > 1")
+    page.wait_for_function("Number(document.querySelector('#drawdown-chart').dataset.points) > 1")
+    assert page.locator("#metrics .stat").count() > 3
+    browsing.screenshot("backtest-result")
+    assert browsing.errors == []
+
+
+def test_pages_fit_a_phone(browsing, trader):
+    """Every main page at a phone's width: no sideways scrolling of the page itself (wide
+    tables scroll inside their own box)."""
+    from tests.e2e.market import instrument_with_history
+
+    instrument = instrument_with_history(minutes=30)
+    sign_in(browsing)
+    page = browsing.page
+    page.set_viewport_size({"width": 390, "height": 844})
+    for path in ["/", "/bots/", "/bots/new/", "/markets/", f"/markets/{instrument.pk}/",
+                 "/markets/data-status/", "/backtests/", "/backtests/new/", "/optimizations/",
+                 "/optimizations/new/"]:  # fmt: skip
+        page.goto(path)
+        overflow = page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 1, f"{path} scrolls sideways by {overflow}px at 390px"
+    browsing.screenshot("phone-market-data-status")
     assert browsing.errors == []
