@@ -8,11 +8,11 @@ from typing import Any
 
 from rest_framework import serializers
 
+from api.errors import Conflict
 from backtests import services as backtests_services
 from backtests.metrics import METRIC_NAMES
 from backtests.models import BacktestRun, OptimizationResult, OptimizationRun
 from bots import services
-from bots.manager import BotManager
 from bots.models import Bot, BotEvent, ExchangeAccount, Order, Position, Signal, Trade
 from marketdata.models import Candle, Exchange, Instrument, RawTick, RejectedTick
 from strategies.base import StrategyParameterError
@@ -89,12 +89,6 @@ class BotSerializer(serializers.ModelSerializer):
             attrs["parameters"] = services.parameters_clean(strategy, parameters)
         except StrategyParameterError as exc:
             raise serializers.ValidationError({"parameters": [str(exc)]}) from exc
-        if self.instance is not None and self.instance.status == Bot.Status.RUNNING:
-            changed = [k for k, v in attrs.items() if getattr(self.instance, k) != v]
-            if changed:
-                raise serializers.ValidationError(
-                    {"non_field_errors": ["stop the bot before changing it"]}
-                )
         return attrs
 
     def create(self, validated: dict[str, Any]) -> Bot:
@@ -102,17 +96,21 @@ class BotSerializer(serializers.ModelSerializer):
         return services.bot_create(user=self.context["request"].user, **validated, **options)
 
     def update(self, bot: Bot, validated: dict[str, Any]) -> Bot:
-        """Through ``BotManager.update_bot_state``: validated again and recorded in the audit
-        trail. The strategy, market, mode, account and capital are fixed once created."""
+        """Through ``services.bot_edit``, as the bot's page: refused (409) while the bot runs,
+        validated again and recorded in the audit trail. The strategy, market, mode, account
+        and capital are fixed once created."""
         changes = {name: value for name, value in validated.items() if getattr(bot, name) != value}
-        fixed = sorted(set(changes) - set(services.UPDATABLE))
+        fixed = sorted(set(changes) - set(services.EDITABLE))
         if fixed:
             raise serializers.ValidationError(
                 {name: ["cannot be changed once the bot exists"] for name in fixed}
             )
-        if not changes:
-            return bot
-        return BotManager().update_bot_state(bot.pk, changes, actor=self.context["request"].user)
+        try:
+            return services.bot_edit(
+                bot_id=bot.pk, changes=changes, actor=self.context["request"].user
+            )
+        except services.BotStateError as exc:
+            raise Conflict(str(exc)) from exc
 
 
 class SignalSerializer(serializers.ModelSerializer):

@@ -63,9 +63,11 @@ class BotViewSet(Owned, viewsets.ModelViewSet):
     filterset_class = BotFilter
 
     def perform_destroy(self, bot: Bot) -> None:
-        if bot.status == Bot.Status.RUNNING:
-            raise ValidationError({"non_field_errors": ["stop the bot before deleting it"]})
-        bot.delete()
+        # The page's rule: only a stopped bot (its open orders cancelled) is deleted.
+        try:
+            services.bot_delete(bot_id=bot.pk, actor=self.request.user)
+        except services.BotStateError as exc:
+            raise Conflict(str(exc)) from exc
 
     @extend_schema(request=None, responses=s.BotSerializer)
     @action(detail=True, methods=["post"])

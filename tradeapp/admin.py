@@ -11,6 +11,7 @@ from django.contrib import admin
 from django.core.paginator import Paginator
 from django.db import connections
 from django.utils.functional import cached_property
+from rest_framework.authtoken.admin import TokenAdmin
 
 admin.site.site_header = "tradeapp administration"
 admin.site.site_title = "tradeapp admin"
@@ -42,3 +43,14 @@ class EstimatedCountPaginator(Paginator):
                 if found and found[0] >= ESTIMATE_FROM_ROWS:  # -1: never analysed
                     return int(found[0])
         return super().count
+
+
+# API tokens are credentials: the admin's list shows only their first characters (DRF's own
+# admin shows the whole key). Customised the way DRF documents (``TokenAdmin.raw_id_fields``).
+@admin.display(description="key")
+def _masked_token_key(token) -> str:
+    return f"{token.key[:4]}…"
+
+
+TokenAdmin.list_display = (_masked_token_key, "user", "created")
+TokenAdmin.raw_id_fields = ("user",)

@@ -168,9 +168,10 @@ def test_bot_lifecycle_through_the_api(world):
     assert bot["parameters"]["slow"] == 26  # the strategy's default filled in
     started = owner.post(f"/api/bots/{bot['id']}/start/")
     assert started.status_code == 200 and started.json()["status"] == "running"
-    error = assert_error(owner.patch(f"/api/bots/{bot['id']}/", {"name": "x"}), 400, "invalid")
+    error = assert_error(owner.patch(f"/api/bots/{bot['id']}/", {"name": "x"}), 409, "conflict")
     assert "stop the bot" in error["message"]
-    assert_error(owner.delete(f"/api/bots/{bot['id']}/"), 400, "invalid")
+    error = assert_error(owner.delete(f"/api/bots/{bot['id']}/"), 409, "conflict")
+    assert "stop the bot" in error["message"]
     assert owner.post(f"/api/bots/{bot['id']}/stop/").json()["status"] == "stopped"
     renamed = owner.patch(f"/api/bots/{bot['id']}/", {"name": "renamed", "stop_loss": 0.03})
     assert renamed.status_code == 200 and renamed.json()["name"] == "renamed"

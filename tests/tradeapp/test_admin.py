@@ -331,3 +331,14 @@ def test_a_big_table_is_counted_from_statistics_only_when_unfiltered(admin_clien
         assert "1 raw tick" in admin_client.get(url).content.decode()
     filtered = admin_client.get(url, {"side": "buy"}).content.decode()
     assert "1 raw tick" in filtered and one_of_each["rawtick"].trade_id in filtered
+
+
+def test_api_tokens_are_never_shown_whole_in_the_admin(admin_client, db):
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.create(user=UserFactory())
+    listing = admin_client.get(reverse("admin:authtoken_tokenproxy_changelist"))
+    assert listing.status_code == 200
+    page = listing.content.decode()
+    assert f"{token.key[:4]}…" in page
+    assert token.key not in page
