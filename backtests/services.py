@@ -319,8 +319,9 @@ def _combinations(run: OptimizationRun) -> list[dict[str, Any]]:
 
 
 @transaction.atomic
-def optimization_submit(*, run: OptimizationRun) -> OptimizationRun:
-    """Validate a new optimisation, save it and queue it after commit."""
+def optimization_submit(*, run: OptimizationRun, enqueue: bool = True) -> OptimizationRun:
+    """Validate a new optimisation, save it and queue it after commit (``enqueue=False``: stored
+    queued, sent by ``runs_send_unsent`` when a worker starts)."""
     cls = get_strategy(run.strategy)
     cls.search_space(run.space or None)  # unknown names / bad values -> StrategyParameterError
     if run.end <= run.start:
@@ -334,7 +335,8 @@ def optimization_submit(*, run: OptimizationRun) -> OptimizationRun:
             raise ValueError("the search space holds no valid combination")
     run.status = RunStatus.QUEUED
     run.save()
-    transaction.on_commit(lambda: _enqueue_optimization(run.pk))
+    if enqueue:
+        transaction.on_commit(lambda: _enqueue_optimization(run.pk))
     return run
 
 
@@ -343,6 +345,28 @@ def _enqueue_optimization(run_id: int) -> None:
 
     result = run_optimization_task.delay(run_id)
     OptimizationRun.objects.filter(pk=run_id).update(task_id=result.id)
+
+
+#: ``task_id`` of a run being sent by ``runs_send_unsent`` (replaced by the Celery task id).
+SENDING = "sending"
+
+
+def runs_send_unsent() -> int:
+    """Send the runs stored as queued but never sent to a worker (no task id): those created
+    while no broker could be reached, such as the demo's, made before the services start.
+    Called when a worker starts; each run is claimed by one atomic update, so two workers
+    starting together send it once. Returns how many were sent."""
+    sent = 0
+    for model, enqueue in (
+        (BacktestRun, _enqueue_backtest),
+        (OptimizationRun, _enqueue_optimization),
+    ):
+        unsent = model.objects.filter(status=RunStatus.QUEUED, task_id="").order_by("pk")
+        for pk in unsent.values_list("pk", flat=True):
+            if model.objects.filter(pk=pk, task_id="").update(task_id=SENDING):
+                enqueue(pk)
+                sent += 1
+    return sent
 
 
 def optimization_execute(run_id: int) -> OptimizationRun | None:
@@ -594,6 +618,7 @@ def optimization_create(
     timeframe: str,
     start: datetime,
     end: datetime,
+    enqueue: bool = True,
     **fields: Any,
 ) -> OptimizationRun:
     """Validate and store an optimisation, queued after commit (``optimization_submit``).
@@ -609,7 +634,7 @@ def optimization_create(
     optimization_validate(run=run)
     run.full_clean(exclude=["owner", "space", "task_id"])
     try:
-        return optimization_submit(run=run)
+        return optimization_submit(run=run, enqueue=enqueue)
     except ValueError as exc:  # checked above already; kept as a 400, never a 500
         raise ValidationError({"space": [str(exc)]}) from exc
 

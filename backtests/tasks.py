@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from celery import shared_task
+from celery.signals import worker_ready
 
 from backtests import services
 
@@ -25,3 +26,10 @@ def run_optimization_task(run_id: int) -> str | None:
 def run_optimization_chunk_task(self, run_id: int, index: int, combos: list[dict]) -> int:
     """Evaluate one chunk of combinations on whichever worker takes it."""
     return services.optimization_chunk(run_id, index, combos, worker=self.request.hostname or "")
+
+
+@worker_ready.connect
+def send_unsent_runs(**kwargs: object) -> None:
+    """Runs stored while no broker was reachable (the demo's, made before the services start)
+    go out when a worker is ready."""
+    services.runs_send_unsent()

@@ -152,3 +152,33 @@ def test_backtest_started_from_the_admin_is_queued(instrument, owner, client, se
     })  # fmt: skip
     assert bad.status_code == 200 and "slow" in bad.content.decode()
     assert BacktestRun.objects.count() == 1
+
+
+def test_runs_stored_without_a_broker_are_sent_when_a_worker_starts(instrument, owner):
+    """The demo stores its runs before any broker runs (``enqueue=False``): a worker sends them
+    when it is ready, each once, however many workers start."""
+    from backtests.models import OptimizationRun
+    from tests.conftest import start_worker, stop_worker
+
+    run = create(owner, instrument, enqueue=False)
+    grid = services.optimization_create(
+        user=owner, strategy="sma_crossover", instrument=instrument, timeframe="1h",
+        start=START, end=START + timedelta(days=30), method="grid",
+        space={"fast": [5, 10], "slow": [20, 30]}, enqueue=False,
+    )  # fmt: skip
+    assert run.task_id == "" and grid.task_id == ""
+    worker = start_worker()
+    try:
+        done = eventually(
+            lambda: BacktestRun.objects.filter(pk=run.pk, status="done").first(),
+            timeout=120, message="the new worker sent and ran the stored backtest",
+        )  # fmt: skip
+        finished = eventually(
+            lambda: OptimizationRun.objects.filter(pk=grid.pk, status="done").first(),
+            timeout=120, message="the new worker sent and ran the stored optimisation",
+        )  # fmt: skip
+    finally:
+        stop_worker(worker)
+    assert done.task_id not in ("", services.SENDING)
+    assert finished.task_id not in ("", services.SENDING) and finished.combinations == 4
+    assert services.runs_send_unsent() == 0  # nothing left to send, nothing sent twice

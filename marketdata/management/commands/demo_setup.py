@@ -55,6 +55,41 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(f"demo: {len(bots)} paper bots running for {username!r}")
         )
+        self._research(user, instruments[0])
+
+    def _research(self, user, instrument) -> None:
+        """A backtest and a two-parameter grid on the loaded history, so the research pages have
+        results to show (once: kept when they exist). Stored queued, not sent: no broker runs
+        yet; the worker sends them when it starts (``runs_send_unsent``)."""
+        from django.db.models import Max, Min
+
+        from backtests.models import BacktestRun, OptimizationRun
+        from backtests.services import backtest_create, optimization_create
+        from marketdata.models import Candle
+
+        span = Candle.objects.filter(instrument=instrument, timeframe="1m").aggregate(
+            first=Min("close_time"), last=Max("close_time")
+        )
+        if span["first"] is None or span["first"] == span["last"]:
+            return
+        period = {"instrument": instrument, "timeframe": "1m", "start": span["first"],
+                  "end": span["last"]}  # fmt: skip
+        if not BacktestRun.objects.filter(owner=user).exists():
+            run = backtest_create(
+                user=user,
+                strategy="sma_crossover",
+                parameters={"fast": 5, "slow": 20},
+                enqueue=False,
+                **period,
+            )
+            self.stdout.write(self.style.SUCCESS(f"demo: backtest #{run.pk} queued"))
+        if not OptimizationRun.objects.filter(owner=user).exists():
+            run = optimization_create(
+                user=user, strategy="sma_crossover", method="grid", objective="sharpe",
+                space={"fast": [3, 5, 8, 10, 12, 15], "slow": [20, 30, 40, 50, 60]},
+                enqueue=False, **period,
+            )  # fmt: skip
+            self.stdout.write(self.style.SUCCESS(f"demo: optimisation #{run.pk} queued"))
 
     async def _load(self, exchange, instruments, since: int) -> int:
         provider = provider_for(exchange)
