@@ -73,6 +73,14 @@ def _collected_static(django_db_blocker) -> None:
             call_command("collectstatic", interactive=False, verbosity=0)
 
 
+@pytest.fixture(autouse=True)
+def _plain_http(settings) -> None:
+    """The production profile redirects plain HTTP to HTTPS (TLS ends at a proxy in front of
+    the web process); Django's test client speaks plain HTTP. The browser tests go through
+    HTTPS in that profile, and ``test_settings`` checks the redirect is configured."""
+    settings.SECURE_SSL_REDIRECT = False
+
+
 @dataclass
 class WorkerProcess:
     proc: subprocess.Popen

@@ -70,11 +70,6 @@ def world(db):
     return {"owner": owner, "other": other, "staff": staff, "bot": bot, "instrument": instrument}
 
 
-@pytest.fixture(autouse=True)
-def plain_http(settings):
-    settings.SECURE_SSL_REDIRECT = False  # the production profile redirects HTTP to HTTPS
-
-
 def client_for(user=None) -> APIClient:
     client = APIClient()
     if user is not None:

@@ -21,11 +21,6 @@ from tests.factories import StaffUserFactory, UserFactory
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture(autouse=True)
-def plain_http(settings):
-    settings.SECURE_SSL_REDIRECT = False
-
-
 @pytest.fixture
 def people(db, settings):
     # Nobody signs in with a password here: a fast hasher keeps the set-up cheap.

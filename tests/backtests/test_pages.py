@@ -34,12 +34,6 @@ BARS = 600
 HOUR = timedelta(hours=1)
 
 
-@pytest.fixture(autouse=True)
-def _plain_http(settings):
-    # The production profile redirects plain HTTP to HTTPS; the test client speaks HTTP.
-    settings.SECURE_SSL_REDIRECT = False
-
-
 @pytest.fixture
 def instrument(db):
     Exchange.objects.create(ccxt_id="simulated", name="Sim", kind="simulated")

@@ -126,7 +126,6 @@ def test_backtest_command_refuses_bad_input(instrument, owner):
 
 
 def test_backtest_started_from_the_admin_is_queued(instrument, owner, client, settings):
-    settings.SECURE_SSL_REDIRECT = False
     client.force_login(owner)
     response = client.post("/admin/backtests/backtestrun/add/", {
         "strategy": "sma_crossover", "parameters": '{"fast": 12, "slow": 40}',

@@ -20,11 +20,6 @@ KEY = "AKIA-plain-api-key-4711"
 SECRET = "s3cr3t-plain-api-secret-0815"
 
 
-@pytest.fixture(autouse=True)
-def _plain_http(settings):
-    settings.SECURE_SSL_REDIRECT = False
-
-
 @pytest.fixture
 def admin_client(client, db):
     client.force_login(StaffUserFactory(is_superuser=True))

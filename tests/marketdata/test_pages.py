@@ -18,12 +18,6 @@ from marketdata.services import datetime_to_ms, instrument_ensure, ms_to_datetim
 MINUTE = 60_000
 
 
-@pytest.fixture(autouse=True)
-def _plain_http(settings):
-    # The production profile redirects plain HTTP to HTTPS; the test client speaks plain HTTP.
-    settings.SECURE_SSL_REDIRECT = False
-
-
 @pytest.fixture
 def market(db):
     Exchange.objects.create(ccxt_id="binance", name="Binance", kind=Exchange.Kind.CCXT)

@@ -101,7 +101,6 @@ def test_preset_update_validates_like_create(user) -> None:
 
 @pytest.fixture
 def admin_client(client, staff_user, settings):
-    settings.SECURE_SSL_REDIRECT = False  # the production profile redirects HTTP to HTTPS
     staff_user.user_permissions.add(
         *Permission.objects.filter(content_type__app_label="strategies")
     )

@@ -3,12 +3,6 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.fixture(autouse=True)
-def _plain_http(settings):
-    # TLS is the proxy's job; the production profile's HTTPS redirect is not what these test.
-    settings.SECURE_SSL_REDIRECT = False
-
-
 @pytest.mark.django_db(transaction=True)
 def test_healthz_200_when_database_redis_and_worker_are_up(client, celery_worker):
     response = client.get("/healthz")
