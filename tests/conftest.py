@@ -81,6 +81,18 @@ def _plain_http(settings) -> None:
     settings.SECURE_SSL_REDIRECT = False
 
 
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer() -> Iterator[None]:
+    """Each test gets its own channel layer instance. channels-redis keeps, per instance, one
+    receive lock for the process's channel; a test whose event loop closes while a consumer
+    waits on it would leave that lock bound to a dead loop for every later test."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
 @dataclass
 class WorkerProcess:
     proc: subprocess.Popen
