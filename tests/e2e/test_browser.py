@@ -146,3 +146,46 @@ def test_pages_fit_a_phone(browsing, trader):
         assert overflow <= 1, f"{path} scrolls sideways by {overflow}px at 390px"
     browsing.screenshot("phone-market-data-status")
     assert browsing.errors == []
+
+
+def test_forms_and_tables_work_from_the_keyboard(browsing, trader):
+    """No mouse: the strategy select swaps the parameter fields, Tab reaches them, Enter
+    submits; a sortable table sorts from its focused heading."""
+    from bots.models import Bot
+    from tests.e2e.market import instrument_with_history
+
+    instrument = instrument_with_history(minutes=30)
+    sign_in(browsing)
+    page = browsing.page
+    page.goto("/bots/new/?strategy=sma_crossover")
+    assert page.locator("#params-sma_crossover").is_visible()
+    options = page.eval_on_selector_all("#id_strategy option", "os => os.map(o => o.value)")
+    page.focus("#id_strategy")
+    # The neighbouring strategy in the list, by the arrow keys alone.
+    last = options.index("sma_crossover") == len(options) - 1
+    page.keyboard.press("ArrowUp" if last else "ArrowDown")
+    chosen = page.eval_on_selector("#id_strategy", "select => select.value")
+    assert chosen != "sma_crossover"
+    assert page.locator(f"#params-{chosen}").is_visible()
+    assert not page.locator("#params-sma_crossover").is_visible()
+    page.select_option("#id_strategy", "sma_crossover")
+    page.focus("#id_name")
+    page.keyboard.type("Keyboard bot")
+    page.select_option("#id_instrument", str(instrument.pk))
+    page.focus("[name='sma_crossover-fast']")
+    page.keyboard.press("Control+A")
+    page.keyboard.type("4")
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.name")
+    assert focused == "sma_crossover-slow", focused  # the next parameter, in order
+    page.keyboard.type("12")
+    page.keyboard.press("Enter")
+    bot = eventually(lambda: Bot.objects.filter(owner=trader, name="Keyboard bot").first())
+    assert bot.parameters == {"fast": 4, "slow": 12}
+
+    page.goto("/bots/")
+    heading = page.locator("table.sortable th[data-sort]").first
+    heading.focus()
+    page.keyboard.press("Enter")
+    assert heading.get_attribute("aria-sort") in ("ascending", "descending")
+    assert browsing.errors == []
