@@ -3,7 +3,8 @@
 ``{"error": {"status": 400, "code": "invalid", "message": "...", "fields": {"name": ["..."]}}}``:
 ``code`` is DRF's machine-readable code (``not_authenticated``, ``permission_denied``,
 ``not_found``, ``invalid``, ``throttled``, ``method_not_allowed``, ``parse_error``,
-``conflict`` for an object still in use, ...),
+``conflict`` for an object still in use, ``request_too_large`` for a body above
+``DATA_UPLOAD_MAX_MEMORY_SIZE`` (``api.parsers``), ...),
 ``message`` a sentence for people and ``fields`` the messages per input field (only for
 validation errors; ``non_field_errors`` for the others). A strategy's parameter errors
 (``StrategyParameterError``) and model validation errors raised by the services become 400s of the
@@ -14,6 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import (
+    NON_FIELD_ERRORS,
+    RequestDataTooBig,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import ProtectedError
@@ -59,12 +66,20 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         detail = (
             exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         )
+        if NON_FIELD_ERRORS in detail:  # a model's constraints: "__all__" in Django's words
+            detail = {**detail, "non_field_errors": detail.pop(NON_FIELD_ERRORS)}
         exc = exceptions.ValidationError(detail)
     elif isinstance(exc, ProtectedError):
         names = sorted({str(obj) for obj in exc.protected_objects})[:5]
         exc = Conflict(f"still in use by {', '.join(names)}")
     elif isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or None)
+    elif isinstance(exc, RequestDataTooBig):  # Django's multipart parser, past the limit
+        from api.parsers import too_large
+
+        exc = too_large()
+    elif isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        exc = exceptions.ParseError(str(exc))
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied(str(exc) or None)
     response = exception_handler(exc, context)

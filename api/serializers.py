@@ -39,6 +39,22 @@ class CandleSerializer(serializers.ModelSerializer):
         fields = ["close_time", "open", "high", "low", "close", "volume", "trades"]
 
 
+class StrategySerializer(serializers.Serializer):
+    """A strategy of the catalog (``BaseStrategy.describe``): only documents the response."""
+
+    name = serializers.CharField()
+    title = serializers.CharField()
+    description = serializers.CharField()
+    parameters = serializers.ListField(
+        child=serializers.DictField(), help_text="Each parameter: name, type, default, minimum, "
+        "maximum, step, help, choices."
+    )  # fmt: skip
+    defaults = serializers.DictField(help_text="The default value of each parameter.")
+    warmup = serializers.IntegerField()
+    lookback = serializers.IntegerField()
+    plots = serializers.DictField(help_text="How to draw each indicator.")
+
+
 class PositionSerializer(serializers.ModelSerializer):
     class Meta:
         model = Position
@@ -80,6 +96,12 @@ class BotSerializer(serializers.ModelSerializer):
     def validate_capital(self, value: Decimal) -> Decimal:
         if value <= 0:
             raise serializers.ValidationError("the capital must be positive")
+        return value
+
+    def validate_max_position_fraction(self, value: float) -> float:
+        # The model's check constraint, named here so the error names the field.
+        if not 0 < value <= 1:
+            raise serializers.ValidationError("must be above 0 and at most 1")
         return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -138,7 +160,8 @@ class TradeSerializer(serializers.ModelSerializer):
 
 
 class BotEventSerializer(serializers.ModelSerializer):
-    actor = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    # null: the system acted (a worker, the risk rules), not a user.
+    actor = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
 
     class Meta:
         model = BotEvent
@@ -320,7 +343,8 @@ class SystemEventSerializer(serializers.ModelSerializer):
     )
     bot_name = serializers.CharField(source="bot.name", read_only=True)
     owner = serializers.CharField(source="bot.owner.username", read_only=True)
-    actor = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    # null: the system acted (a worker, the risk rules), not a user.
+    actor = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
 
     class Meta:
         model = BotEvent

@@ -1,13 +1,26 @@
 """``/api/``: the REST API (DRF), its OpenAPI 3 schema and the browsable docs."""
 
+from typing import Any
+
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.authtoken.views import obtain_auth_token
+from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.routers import DefaultRouter
 
 from api import views
+from api.parsers import PARSERS
+from api.schema import ApiSchemaGenerator
 
-router = DefaultRouter()
+
+class ApiRouter(DefaultRouter):
+    """DRF's router, but any path segment reaches a detail view as the object's id: a malformed
+    id (``0.5``) is answered by the view, with the API's JSON 404, not Django's HTML page."""
+
+    def get_lookup_regex(self, viewset: Any, lookup_prefix: str = "") -> str:
+        return super().get_lookup_regex(viewset, lookup_prefix).replace("[^/.]+", "[^/]+")
+
+
+router = ApiRouter()
 router.register("bots", views.BotViewSet, basename="bot")
 router.register("signals", views.SignalViewSet, basename="signal")
 router.register("orders", views.OrderViewSet, basename="order")
@@ -29,7 +42,8 @@ urlpatterns = [
     path("", include(router.urls)),
     path("portfolio/", views.PortfolioView.as_view(), name="portfolio"),
     path("kill-switch/", views.KillSwitchView.as_view(), name="kill-switch"),
-    path("token/", obtain_auth_token, name="token"),
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("token/", ObtainAuthToken.as_view(parser_classes=PARSERS), name="token"),
+    # The error responses documented too (api.schema).
+    path("schema/", SpectacularAPIView.as_view(generator_class=ApiSchemaGenerator), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

@@ -233,13 +233,14 @@ class StrategyViewSet(viewsets.ViewSet):
     """The strategy catalog with each strategy's parameter schema and defaults."""
 
     lookup_field = "name"
-    lookup_value_regex = "[a-z0-9_]+"
+    # Any name reaches the view, which answers an unknown one with the API's JSON 404.
+    lookup_value_regex = "[^/]+"
 
-    @extend_schema(operation_id="strategies_list", responses=dict)
+    @extend_schema(operation_id="strategies_list", responses=s.StrategySerializer(many=True))
     def list(self, request: Request) -> Response:
         return Response([get_strategy(name).describe() for name in available()])
 
-    @extend_schema(operation_id="strategies_retrieve", responses=dict)
+    @extend_schema(operation_id="strategies_retrieve", responses=s.StrategySerializer)
     def retrieve(self, request: Request, name: str | None = None) -> Response:
         if name not in available():
             raise NotFound(f"no strategy named {name!r}")
@@ -288,6 +289,7 @@ class BacktestRunViewSet(
     serializer_class = s.BacktestRunSerializer
     filterset_fields = ["status", "strategy", "instrument", "timeframe"]
 
+    @extend_schema(responses={202: s.BacktestRunSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         response = super().create(request, *args, **kwargs)
         response.status_code = status.HTTP_202_ACCEPTED

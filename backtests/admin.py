@@ -82,8 +82,8 @@ class RunAdmin(admin.ModelAdmin):
     list_select_related = ("instrument__exchange", "owner")
     autocomplete_fields = ("instrument",)
     readonly_fields = (
-        "owner", "status", "progress", "error", "task_id", "created_at", "started_at",
-        "finished_at", *REPRO_FIELDS,
+        "owner", "status", "progress", "error", "task_id", "attempts", "heartbeat_at",
+        "created_at", "started_at", "finished_at", *REPRO_FIELDS,
     )  # fmt: skip
     actions = ("rerun_runs", "cancel_runs")
     #: ``backtests.services`` function making a new queued run with a stored run's settings.

@@ -59,6 +59,14 @@ class RunBase(models.Model):
     progress = models.FloatField(default=0.0, help_text="0 to 1.")
     error = models.TextField(blank=True)
     task_id = models.CharField(max_length=64, blank=True)
+    # Recovery from lost workers (see ``backtests.services.runs_recover_stale``).
+    attempts = models.PositiveIntegerField(
+        default=0, editable=False, help_text="Times a worker started the run."
+    )
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, editable=False,
+        help_text="Last sign of life: when the run was sent, started, progressed or beat.",
+    )  # fmt: skip
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -7,13 +7,21 @@ import inspect
 import io
 import json
 import logging
+import os
+import threading
+import time
+import uuid
 import zlib
-from datetime import datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from django.db import transaction
+from django.conf import settings
+from django.db import DatabaseError, connections, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from backtests.models import FINISHED, BacktestRun, OptimizationResult, OptimizationRun, RunStatus
@@ -28,6 +36,91 @@ logger = logging.getLogger(__name__)
 
 class RunCancelled(Exception):
     """The run was cancelled while it ran."""
+
+
+class RunSuperseded(Exception):
+    """Another start of the run took it over (its worker was thought lost): this one stops."""
+
+
+# --- lost workers: heartbeats, attempts, the watchdog -------------------------------------------
+#
+# A task is acknowledged late and rejected when its pool process dies, so Celery redelivers it
+# at once; but when the whole worker (or its machine) dies, or the broker loses the message, no
+# one redelivers it before the visibility timeout (an hour). Every run therefore beats while it
+# runs (``heartbeat_at``) and counts its starts (``attempts``); ``runs_recover_stale`` (the
+# ``backtests.recover_stale`` task, on the beat schedule) requeues runs with no sign of life or,
+# once their starts are used up, fails them. Each start fences the ones before it: a start
+# writes only while ``attempts`` still holds its own number.
+
+#: Tests only: "<point>:<marker file>" makes the first run reaching ``point`` write its process
+#: id into the marker file and sleep, so that a test can kill its worker there.
+TEST_PAUSE_ENV = "TRADEAPP_TEST_PAUSE_BACKTEST"
+
+
+def _test_pause(point: str) -> None:
+    spec = os.environ.get(TEST_PAUSE_ENV)
+    if not spec:
+        return
+    at, _, marker = spec.partition(":")
+    if at != point:
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return  # once: the redelivered or requeued run goes through
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    time.sleep(3600)
+
+
+def stale_after() -> timedelta:
+    """How long a queued or running run may go without a sign of life before the watchdog
+    takes it for lost (``TRADEAPP_RUN_STALE_AFTER`` seconds, default 10 minutes)."""
+    return timedelta(seconds=float(getattr(settings, "TRADEAPP_RUN_STALE_AFTER", 600)))
+
+
+def max_attempts() -> int:
+    """Starts a run gets before a lost worker fails it (``TRADEAPP_RUN_MAX_ATTEMPTS``)."""
+    return int(getattr(settings, "TRADEAPP_RUN_MAX_ATTEMPTS", 3))
+
+
+@contextmanager
+def _heartbeat(
+    model: type[BacktestRun | OptimizationRun], run_id: int, attempt: int | None
+) -> Iterator[None]:
+    """While the block runs, a thread stamps ``heartbeat_at`` every ``TRADEAPP_RUN_HEARTBEAT``
+    seconds (default 30): a long simulation stays visibly alive; a killed process goes quiet."""
+    interval = float(getattr(settings, "TRADEAPP_RUN_HEARTBEAT", 30))
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(interval):
+                rows = model.objects.filter(pk=run_id, status=RunStatus.RUNNING)
+                if attempt is not None:
+                    rows = rows.filter(attempts=attempt)
+                try:
+                    rows.update(heartbeat_at=timezone.now())
+                except DatabaseError as exc:  # a missed beat is not fatal; the next one retries
+                    logger.warning("run %s: heartbeat not stored: %r", run_id, exc)
+        finally:
+            connections.close_all()  # this thread's own connections
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def _lost_reason(run: BacktestRun | OptimizationRun, limit: int) -> str:
+    since = run.heartbeat_at.isoformat() if run.heartbeat_at else "it was created"
+    return (
+        f"worker lost: no sign of life since {since}, after {run.attempts} start(s) "
+        f"(at most {limit}); the worker was killed or the broker lost the task"
+    )
 
 
 # --- reproducibility ----------------------------------------------------------------------------
@@ -140,11 +233,14 @@ def backtest_create(
     enqueue: bool = True,
     **options: Any,
 ) -> BacktestRun:
-    """Validate and store a backtest; queue it on the ``backtests`` queue after commit."""
+    """Validate and store a backtest; queue it on the ``backtests`` queue after commit. Engine
+    settings the engine would refuse raise ``ValidationError`` naming the field, before anything
+    is stored (not a failed run later)."""
     run = BacktestRun(
         owner=user, strategy=strategy, parameters=parameters, instrument=instrument,
         timeframe=timeframe, start=start, end=end, **options,
     )  # fmt: skip
+    _run_options_checked(run)
     if enqueue:
         return backtest_submit(run=run)
     run.parameters = _validated_parameters(strategy, parameters)
@@ -155,25 +251,54 @@ def backtest_create(
 def _enqueue_backtest(run_id: int) -> None:
     from backtests.tasks import run_backtest_task
 
-    result = run_backtest_task.delay(run_id)
-    BacktestRun.objects.filter(pk=run_id).update(task_id=result.id)
+    # The id is stored before the message leaves: a start under it is the run's own (_start).
+    task_id = str(uuid.uuid4())
+    BacktestRun.objects.filter(pk=run_id).update(task_id=task_id, heartbeat_at=timezone.now())
+    run_backtest_task.apply_async((run_id,), task_id=task_id)
 
 
 def _start(
-    model: type[BacktestRun | OptimizationRun], run_id: int
+    model: type[BacktestRun | OptimizationRun], run_id: int, task_id: str | None = None
 ) -> BacktestRun | OptimizationRun | None:
-    """Mark a queued run running; None when it was cancelled or already finished (redelivery)."""
+    """Mark a run running under a new attempt number (``run.attempts``). None when it was
+    cancelled or finished (a redelivered task), when it is running, alive, under another task
+    message (a duplicate the watchdog sent), or when this start would exceed
+    ``max_attempts()`` after starts that all lost their worker (the run is failed then).
+    A redelivery of the message the run started under takes the run over: its worker died."""
     with transaction.atomic():
         run = model.objects.select_for_update().filter(pk=run_id).first()
         if run is None or run.status in FINISHED:
             return None  # deleted meanwhile, or cancelled/finished (a redelivered task)
+        now = timezone.now()
+        if run.status == RunStatus.RUNNING:
+            alive = run.heartbeat_at is not None and run.heartbeat_at > now - stale_after()
+            if alive and task_id and run.task_id not in ("", SENDING, task_id):
+                return None
+            if run.attempts >= max_attempts():
+                _mark_failed(run, _lost_reason(run, max_attempts()), now)
+                return None
         run.status = RunStatus.RUNNING
-        run.started_at = run.started_at or timezone.now()
+        run.started_at = run.started_at or now
         run.progress = 0.0
         run.error = ""
-        run.save(update_fields=["status", "started_at", "progress", "error"])
+        run.attempts += 1
+        run.heartbeat_at = now
+        run.task_id = task_id or run.task_id
+        run.save(
+            update_fields=["status", "started_at", "progress", "error", "attempts",
+                           "heartbeat_at", "task_id"]
+        )  # fmt: skip
         _progress(run, 0.0)
     return run
+
+
+def _mark_failed(run: BacktestRun | OptimizationRun, error: str, now: datetime) -> None:
+    """Fail a locked run with ``error`` (in the caller's transaction)."""
+    run.status = RunStatus.FAILED
+    run.error = error[:4000]
+    run.finished_at = now
+    run.save(update_fields=["status", "error", "finished_at"])
+    _progress(run, run.progress, RunStatus.FAILED)
 
 
 def _check_cancelled(model: type[BacktestRun | OptimizationRun], run_id: int) -> None:
@@ -209,39 +334,49 @@ def _record_data(run: BacktestRun | OptimizationRun, frame: pd.DataFrame, cls: t
     ]
 
 
-def _fail(model: type[BacktestRun | OptimizationRun], run_id: int, exc: BaseException) -> None:
+def _fail(
+    model: type[BacktestRun | OptimizationRun],
+    run_id: int,
+    exc: BaseException,
+    attempt: int | None = None,
+) -> None:
+    """Fail a run with ``exc``, unless it finished meanwhile or (``attempt``) another start
+    took it over."""
     with transaction.atomic():
         run = model.objects.select_for_update().get(pk=run_id)
-        if run.status == RunStatus.CANCELLED:
+        if run.status in FINISHED or (attempt is not None and run.attempts != attempt):
             return
-        run.status = RunStatus.FAILED
-        run.error = f"{type(exc).__name__}: {exc}"[:4000]
-        run.finished_at = timezone.now()
-        run.save(update_fields=["status", "error", "finished_at"])
-        _progress(run, run.progress, RunStatus.FAILED)
+        _mark_failed(run, f"{type(exc).__name__}: {exc}", timezone.now())
 
 
-def backtest_execute(run_id: int) -> BacktestRun | None:
-    """Run a stored backtest (in a worker): load candles, simulate, store the result."""
+def backtest_execute(run_id: int, *, task_id: str | None = None) -> BacktestRun | None:
+    """Run a stored backtest (in a worker): load candles, simulate, store the result.
+    ``task_id``: the Celery task's id (see ``_start``)."""
     from backtests.engine import run_backtest
 
-    run = _start(BacktestRun, run_id)
+    run = _start(BacktestRun, run_id, task_id)
     if run is None:
         return None
+    attempt = run.attempts
     try:
-        cls = get_strategy(run.strategy)
-        frame = _load(run)
-        fields = _record_data(run, frame, cls)
-        BacktestRun.objects.filter(pk=run.pk).update(
-            progress=0.2, **{f: getattr(run, f) for f in fields}
-        )
-        _check_cancelled(BacktestRun, run_id)
-        result = run_backtest(frame, cls, run.parameters, **run.engine_options())
+        with _heartbeat(BacktestRun, run_id, attempt):
+            cls = get_strategy(run.strategy)
+            frame = _load(run)
+            fields = _record_data(run, frame, cls)
+            if not BacktestRun.objects.filter(pk=run.pk, attempts=attempt).update(
+                progress=0.2, heartbeat_at=timezone.now(), **{f: getattr(run, f) for f in fields}
+            ):
+                raise RunSuperseded
+            _test_pause("backtest")
+            _check_cancelled(BacktestRun, run_id)
+            result = run_backtest(frame, cls, run.parameters, **run.engine_options())
         _check_cancelled(BacktestRun, run_id)
         with transaction.atomic():
             locked = BacktestRun.objects.select_for_update().get(pk=run_id)
             if locked.status == RunStatus.CANCELLED:
                 raise RunCancelled
+            if locked.attempts != attempt or locked.status != RunStatus.RUNNING:
+                raise RunSuperseded
             locked.metrics = _json_metrics(result.metrics)
             locked.equity_blob = pack_equity(result.equity)
             locked.trades_blob = pack_trades(result.trades)
@@ -252,11 +387,11 @@ def backtest_execute(run_id: int) -> BacktestRun | None:
             locked.save()
             _progress(locked, 1.0, RunStatus.DONE)
         return locked
-    except RunCancelled:
+    except (RunCancelled, RunSuperseded):
         return BacktestRun.objects.get(pk=run_id)
     except Exception as exc:
         logger.exception("backtest %s failed", run_id)
-        _fail(BacktestRun, run_id, exc)
+        _fail(BacktestRun, run_id, exc, attempt)
         return BacktestRun.objects.get(pk=run_id)
 
 
@@ -343,8 +478,9 @@ def optimization_submit(*, run: OptimizationRun, enqueue: bool = True) -> Optimi
 def _enqueue_optimization(run_id: int) -> None:
     from backtests.tasks import run_optimization_task
 
-    result = run_optimization_task.delay(run_id)
-    OptimizationRun.objects.filter(pk=run_id).update(task_id=result.id)
+    task_id = str(uuid.uuid4())
+    OptimizationRun.objects.filter(pk=run_id).update(task_id=task_id, heartbeat_at=timezone.now())
+    run_optimization_task.apply_async((run_id,), task_id=task_id)
 
 
 #: ``task_id`` of a run being sent by ``runs_send_unsent`` (replaced by the Celery task id).
@@ -369,38 +505,59 @@ def runs_send_unsent() -> int:
     return sent
 
 
-def optimization_execute(run_id: int) -> OptimizationRun | None:
-    """Start an optimisation (in a worker): walk-forward runs here; grid and random searches
-    are split into chunks that run as a Celery group across every worker of the queue."""
+def _chunks(run: OptimizationRun) -> list[list[dict[str, Any]]]:
+    """The run's combinations in chunks of ``CHUNK_SIZE``: the same on every call (random
+    search draws from the run's seed), so a lost chunk can be sent again by its index."""
+    combos = _combinations(run)
+    return [combos[i : i + CHUNK_SIZE] for i in range(0, len(combos), CHUNK_SIZE)]
+
+
+def _send_chunks(run_id: int, chunks: dict[int, list[dict[str, Any]]]) -> None:
     from celery import group
 
     from backtests.tasks import run_optimization_chunk_task
 
-    run = _start(OptimizationRun, run_id)
+    signatures = [run_optimization_chunk_task.s(run_id, i, combos) for i, combos in chunks.items()]
+    group(signatures).apply_async()
+
+
+def optimization_execute(run_id: int, *, task_id: str | None = None) -> OptimizationRun | None:
+    """Start an optimisation (in a worker): walk-forward runs here; grid and random searches
+    are split into chunks that run as a Celery group across every worker of the queue."""
+    run = _start(OptimizationRun, run_id, task_id)
     if run is None:
         return None
+    attempt = run.attempts
     try:
         cls = get_strategy(run.strategy)
         frame = _load(run)
         fields = _record_data(run, frame, cls)
         if run.method == OptimizationRun.Method.WALK_FORWARD:
-            return _walk_forward(run, cls, frame, fields)
-        combos = _combinations(run)
-        chunks = [combos[i : i + CHUNK_SIZE] for i in range(0, len(combos), CHUNK_SIZE)]
+            with _heartbeat(OptimizationRun, run_id, attempt):
+                return _walk_forward(run, cls, frame, fields)
+        chunks = _chunks(run)
         with transaction.atomic():
-            run.combinations = len(combos)
-            run.chunks_total = len(chunks)
-            run.chunks_done = 0
-            run.save(update_fields=[*fields, "combinations", "chunks_total", "chunks_done"])
-            signatures = [
-                run_optimization_chunk_task.s(run.pk, index, chunk)
-                for index, chunk in enumerate(chunks)
-            ]
-            transaction.on_commit(lambda: group(signatures).apply_async())
-        return run
+            locked = OptimizationRun.objects.select_for_update().get(pk=run_id)
+            if locked.attempts != attempt or locked.status != RunStatus.RUNNING:
+                return locked  # cancelled, or another start took it over
+            for field in fields:
+                setattr(locked, field, getattr(run, field))
+            # A restart (its worker was lost) begins again: rows of chunks that finished before
+            # would never be counted in chunks_done.
+            locked.results.all().delete()
+            locked.combinations = sum(len(chunk) for chunk in chunks)
+            locked.chunks_total = len(chunks)
+            locked.chunks_done = 0
+            locked.heartbeat_at = timezone.now()
+            locked.save(
+                update_fields=[*fields, "combinations", "chunks_total", "chunks_done",
+                               "heartbeat_at"]
+            )  # fmt: skip
+            transaction.on_commit(lambda: _send_chunks(run_id, dict(enumerate(chunks))))
+        return locked
     except Exception as exc:
         logger.exception("optimisation %s failed", run_id)
-        _fail(OptimizationRun, run_id, exc)
+        _fail(OptimizationRun, run_id, exc, attempt)
         return OptimizationRun.objects.get(pk=run_id)
 
 
@@ -417,8 +574,8 @@ def _walk_forward(
     windows = json.loads(result.windows.to_json(orient="records", date_format="iso"))
     with transaction.atomic():
         locked = OptimizationRun.objects.select_for_update().get(pk=run.pk)
-        if locked.status == RunStatus.CANCELLED:
-            return locked
+        if locked.status != RunStatus.RUNNING or locked.attempts != run.attempts:
+            return locked  # cancelled, or another start took it over
         for field in fields:
             setattr(locked, field, getattr(run, field))
         locked.walk_forward = {
@@ -454,7 +611,11 @@ def optimization_chunk(
     if run.results.filter(chunk=index).exists():
         return 0
     try:
-        rows = sweep_chunk(frame_arrays(_load(run)), run.strategy, combos, run.engine_options())
+        OptimizationRun.objects.filter(pk=run_id).update(heartbeat_at=timezone.now())
+        with _heartbeat(OptimizationRun, run_id, None):
+            _test_pause("chunk")
+            arrays = frame_arrays(_load(run))
+            rows = sweep_chunk(arrays, run.strategy, combos, run.engine_options())
     except Exception as exc:
         logger.exception("optimisation %s chunk %s failed", run_id, index)
         _fail(OptimizationRun, run_id, exc)
@@ -476,6 +637,7 @@ def optimization_chunk(
         )  # fmt: skip
         locked.chunks_done += 1
         locked.progress = locked.chunks_done / max(locked.chunks_total, 1)
+        locked.heartbeat_at = timezone.now()
         if locked.chunks_done >= locked.chunks_total:
             _finish_optimization(locked)
         locked.save()
@@ -500,6 +662,66 @@ def _finish_optimization(run: OptimizationRun) -> None:
     run.finished_at = timezone.now()
 
 
+def runs_recover_stale(
+    *, stale_for: timedelta | None = None, attempts: int | None = None
+) -> dict[str, int]:
+    """The watchdog (``backtests.recover_stale``, on the beat schedule): every queued or running
+    run with no sign of life (``heartbeat_at``: sent, started, progressed or beat) for
+    ``stale_for`` (default ``stale_after()``) lost its worker or its message. A running one
+    that has had ``attempts`` starts (default ``max_attempts()``) is failed with the reason;
+    others are sent again: a backtest, an optimisation that had not fanned out, and a queued
+    run as a new task (its old message, should it come back, finds the run taken: ``_start``);
+    the chunks of a fanned-out optimisation that stored no rows as new chunk tasks. Each run is
+    decided under its row lock, so a redelivered task and the watchdog do not both act on it.
+    Returns counts of runs requeued and failed."""
+    cutoff = timezone.now() - (stale_for if stale_for is not None else stale_after())
+    limit = attempts if attempts is not None else max_attempts()
+    counts = {"requeued": 0, "failed": 0}
+    quiet = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
+    for model in (BacktestRun, OptimizationRun):
+        stale = model.objects.filter(quiet, status__in=[RunStatus.QUEUED, RunStatus.RUNNING])
+        for pk in stale.values_list("pk", flat=True):
+            outcome = _recover(model, pk, cutoff, limit)
+            if outcome:
+                counts[outcome] += 1
+    if counts["requeued"] or counts["failed"]:
+        logger.warning("runs of lost workers: %s", counts)
+    return counts
+
+
+@transaction.atomic
+def _recover(
+    model: type[BacktestRun | OptimizationRun], run_id: int, cutoff: datetime, limit: int
+) -> str | None:
+    run = model.objects.select_for_update().filter(pk=run_id).first()
+    if run is None or run.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
+        return None  # finished since the query
+    if (run.heartbeat_at or run.created_at) >= cutoff:
+        return None  # alive again since the query
+    now = timezone.now()
+    if run.status == RunStatus.RUNNING and run.attempts >= limit:
+        _mark_failed(run, _lost_reason(run, limit), now)
+        return "failed"
+    fanned_out = isinstance(run, OptimizationRun) and run.chunks_total > 0
+    if run.status == RunStatus.RUNNING and fanned_out:
+        # The chunks on a lost worker stay unacknowledged in the broker until its visibility
+        # timeout: send the ones that stored nothing again (a chunk is idempotent).
+        done = set(run.results.values_list("chunk", flat=True).distinct())
+        missing = {i: c for i, c in enumerate(_chunks(run)) if i not in done}
+        run.attempts += 1
+        run.heartbeat_at = now
+        run.save(update_fields=["attempts", "heartbeat_at"])
+        transaction.on_commit(lambda: _send_chunks(run_id, missing))
+        return "requeued"
+    run.status = RunStatus.QUEUED
+    run.progress = 0.0
+    run.save(update_fields=["status", "progress"])
+    _progress(run, 0.0, RunStatus.QUEUED)
+    enqueue = _enqueue_backtest if isinstance(run, BacktestRun) else _enqueue_optimization
+    transaction.on_commit(lambda: enqueue(run_id))
+    return "requeued"
+
+
 # --- checks for the pages' forms ----------------------------------------------------------------
 
 
@@ -510,6 +732,10 @@ class RunOptionsError(ValueError):
     def __init__(self, field: str | None, message: str) -> None:
         self.field = field
         super().__init__(message)
+
+
+#: The most cash a run may simulate (quote currency).
+MAX_CASH = 1e15
 
 
 def run_options_validate(options: dict[str, Any]) -> None:
@@ -524,6 +750,22 @@ def run_options_validate(options: dict[str, Any]) -> None:
         text = str(exc)
         field = next((name for name in options if text.startswith(f"{name} ")), None)
         raise RunOptionsError(field, text) from exc
+    # Beyond the engine's own rules: amounts no account holds (1e308 overflows the equity
+    # curve to inf) and a fee of the whole notional or more.
+    if "cash" in options and not float(options["cash"]) <= MAX_CASH:
+        raise RunOptionsError("cash", f"cash must be at most {MAX_CASH:g}")
+    if "fee" in options and not float(options["fee"]) < 1:
+        raise RunOptionsError("fee", f"fee must be below 1 (a fraction), got {options['fee']!r}")
+
+
+def _run_options_checked(run: BacktestRun | OptimizationRun) -> None:
+    """``run_options_validate`` as a ``ValidationError`` keyed by the run's field."""
+    from django.core.exceptions import ValidationError
+
+    try:
+        run_options_validate(run.engine_options())
+    except RunOptionsError as exc:
+        raise ValidationError({exc.field or "non_field_errors": [str(exc)]}) from exc
 
 
 # --- creating optimisations and re-running runs (the API and the admin) -------------------------

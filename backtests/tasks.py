@@ -8,17 +8,17 @@ from celery.signals import worker_ready
 from backtests import services
 
 
-@shared_task(name="backtests.run")
-def run_backtest_task(run_id: int) -> str | None:
+@shared_task(name="backtests.run", bind=True)
+def run_backtest_task(self, run_id: int) -> str | None:
     """Execute a stored BacktestRun; returns its final status."""
-    run = services.backtest_execute(run_id)
+    run = services.backtest_execute(run_id, task_id=self.request.id)
     return None if run is None else run.status
 
 
-@shared_task(name="backtests.optimize")
-def run_optimization_task(run_id: int) -> str | None:
+@shared_task(name="backtests.optimize", bind=True)
+def run_optimization_task(self, run_id: int) -> str | None:
     """Start a stored OptimizationRun: walk-forward here, sweeps fanned out as chunk tasks."""
-    run = services.optimization_execute(run_id)
+    run = services.optimization_execute(run_id, task_id=self.request.id)
     return None if run is None else run.status
 
 
@@ -26,6 +26,12 @@ def run_optimization_task(run_id: int) -> str | None:
 def run_optimization_chunk_task(self, run_id: int, index: int, combos: list[dict]) -> int:
     """Evaluate one chunk of combinations on whichever worker takes it."""
     return services.optimization_chunk(run_id, index, combos, worker=self.request.hostname or "")
+
+
+@shared_task(name="backtests.recover_stale")
+def recover_stale_task() -> dict[str, int]:
+    """The watchdog of runs whose worker or message was lost (beat, every minute)."""
+    return services.runs_recover_stale()
 
 
 @worker_ready.connect

@@ -6,6 +6,11 @@ The real path: ``DataCollector.send_signal_to_bots`` -> the ``candle_closed`` re
 worker process). Baseline: the per-bot path (``process_data`` on each bot's window, rows written
 one by one: how every bot ran before the batch path) on 50 bots, scaled to 1,000.
 
+Long mode (``--candles N``, default 30 in the full run: 30 minutes of simulated 1m candles, both
+eager and through the worker): per-candle p50/p99 and the resident memory after every candle, of
+this process (eager) and of the worker's process tree (prefork parent and children); the
+slope after a warm-up (the first fifth) tells whether memory stays flat.
+
 Runs in a throwaway database: with ``DATABASE_URL`` set, a fresh PostgreSQL database named after
 it (``<name>_bench_bots``, dropped at the end) and ``REDIS_URL``; otherwise the embedded default
 (SQLite and a private Redis) in a temporary directory.
@@ -194,6 +199,7 @@ def _announce(collector, instrument, data: dict[str, np.ndarray], i: int) -> Non
 
 
 def _eager(instruments, data, bots, first: int, candles: int) -> dict:
+    from bench.django_support import process_rss_mb
     from bots.models import Bot, Fill, Signal
     from marketdata.collector import DataCollector
     from tradeapp.celery import app
@@ -201,7 +207,10 @@ def _eager(instruments, data, bots, first: int, candles: int) -> dict:
     app.conf.task_always_eager = True
     collector = DataCollector()
     listener = _Listener()
-    walls, latencies = [], []
+    walls, rss = [], []
+    # Filled in place, and each candle's arrivals dropped once read: the memory measured is the
+    # platform's, not this loop's bookkeeping growing by a thousand entries a candle.
+    latencies = np.empty(candles * len(bots))
     try:
         for i in range(first, first + candles):
             for instrument in instruments:
@@ -213,9 +222,11 @@ def _eager(instruments, data, bots, first: int, candles: int) -> dict:
             walls.append(time.perf_counter() - started)
             keys = [(bot.pk, close_ms) for bot in bots]
             listener.wait_for(keys)
-            latencies += [listener.seen[k] - started for k in keys if k in listener.seen]
             missing = len(keys) - sum(k in listener.seen for k in keys)
             assert missing == 0, f"{missing} portfolio updates never arrived"
+            at = (i - first) * len(keys)
+            latencies[at : at + len(keys)] = [listener.seen.pop(k) - started for k in keys]
+            rss.append(process_rss_mb(os.getpid(), children=False))
     finally:
         listener.close()
         app.conf.task_always_eager = False
@@ -226,6 +237,7 @@ def _eager(instruments, data, bots, first: int, candles: int) -> dict:
     return {
         "walls": walls,
         "latencies": latencies,
+        "rss": rss,
         "signals": decided,
         "fills": Fill.objects.filter(bot_id__in=ids).count(),
         "executed": Signal.objects.filter(bot_id__in=ids, executed=True).count(),
@@ -237,7 +249,8 @@ def _worker(instruments, data, bots, first: int, candles: int, *, concurrency: i
     from django.conf import settings
     from django.db.models import Min
 
-    from bots.models import Bot
+    from bench.django_support import process_rss_mb
+    from bots.models import Bot, Signal
     from marketdata.collector import DataCollector
     from marketdata.services import ms_to_datetime
     from tradeapp.celery import app
@@ -260,7 +273,7 @@ def _worker(instruments, data, bots, first: int, candles: int, *, concurrency: i
                 return None
         collector = DataCollector()
         ids = [bot.pk for bot in bots]
-        walls = []
+        walls, rss = [], []
         for i in range(first, first + candles):
             for instrument in instruments:
                 _store(instrument.pk, data[instrument.pk], slice(i, i + 1))
@@ -276,7 +289,13 @@ def _worker(instruments, data, bots, first: int, candles: int, *, concurrency: i
                     raise RuntimeError(f"the worker did not process {close}; see {log}")
                 time.sleep(0.005)
             walls.append(time.perf_counter() - started)
-        return {"walls": walls}
+            rss.append(process_rss_mb(proc.pid))
+        decided = Signal.objects.filter(
+            bot_id__in=ids, time__gt=ms_to_datetime(int(START_MS + MINUTE * first))
+        ).count()
+        assert decided == len(ids) * candles, (decided, len(ids) * candles)
+        assert not Bot.objects.filter(pk__in=ids, status=Bot.Status.ERROR).exists()
+        return {"walls": walls, "rss": rss}
     finally:
         proc.terminate()
         try:
@@ -310,9 +329,14 @@ def _baseline(user, instrument, data, first: int, candles: int) -> float:
     return float(np.median(timings)) * BOTS / BASELINE_BOTS
 
 
-def run(quick: bool = False) -> list[dict]:
-    candles = 10 if quick else 30
-    worker_candles = 5 if quick else 10
+def run(quick: bool = False, candles: int | None = None) -> list[dict]:
+    # A process of its own: Django's settings are per process (bench.django_support).
+    from bench import django_support as ds
+
+    if os.environ.get("BENCH_ISOLATED") != "1":
+        return ds.isolated("bench_bots", quick, ["--candles", str(candles)] if candles else [])
+    worker_candles = candles or (5 if quick else 30)
+    candles = candles or (10 if quick else 30)
     with _environment() as profile:
         from django.contrib.auth import get_user_model
         from django.db import connection
@@ -362,6 +386,7 @@ def run(quick: bool = False) -> list[dict]:
             "ours_s": l50,
             "note": f"p50 {l50:.3f} s, p99 {l99:.3f} s over {len(eager['latencies']):,} messages",
         },
+        _memory_row("this process (eager)", eager["rss"]),
     ]
     if worker is None:
         rows.append({"benchmark": "through a real Celery worker", "note": "worker did not start"})
@@ -372,7 +397,37 @@ def run(quick: bool = False) -> list[dict]:
                 "benchmark": f"{BOTS:,} bots per 1m candle through a real Celery worker",
                 "ours_s": w50,
                 "note": f"p50 {w50:.3f} s, p99 {w99:.3f} s over {worker_candles} candles "
-                "(announce -> every bot's last_processed_at moved)",
+                "(announce -> every bot's last_processed_at moved; every signal recorded)",
             }
         )
+        rows.append(_memory_row("the worker (prefork parent + children)", worker["rss"]))
     return rows
+
+
+def _memory_row(whose: str, rss: list[float]) -> dict:
+    """Resident memory after each candle: flat when it stops growing after the warm-up."""
+    from bench.django_support import rss_slope
+
+    warmup = max(3, len(rss) // 5)
+    slope, grown = rss_slope(rss, warmup)
+    flat = abs(grown) <= max(5.0, 0.02 * rss[-1]) if len(rss) > warmup + 1 else None
+    verdict = {True: "flat", False: "GROWING", None: "too few candles to tell"}[flat]
+    return {
+        "benchmark": f"memory of {whose}, {len(rss)} candles",
+        "ours_s": None,
+        "note": f"RSS {rss[0]:.0f} MB after candle 1, {rss[min(warmup, len(rss) - 1)]:.0f} MB "
+        f"after the warm-up ({warmup}), {rss[-1]:.0f} MB at the end: {slope * 1000:+.0f} kB "
+        f"per candle after the warm-up, {grown:+.1f} MB over the rest ({verdict})",
+    }
+
+
+if __name__ == "__main__":
+    from bench import django_support as ds
+
+    os.environ["BENCH_ISOLATED"] = "1"
+    sys.exit(
+        ds.main(
+            run, __doc__,
+            lambda p: p.add_argument("--candles", type=int, help="1m candles (default 30)"),
+        )
+    )  # fmt: skip

@@ -8,7 +8,8 @@ The contract, for every broker:
   ``open``/``filled``/``rejected``, or ``unknown`` when it cannot tell (never ``rejected`` on a
   timeout).
 * ``cancel(order)``: cancel an active order; it ends ``cancelled`` (or ``filled`` if it filled
-  first).
+  first; a live order the exchange does not hold yet stays ``unknown`` during the grace period,
+  its request may still land: reconciliation settles it).
 * ``reconcile(bot)``: settle ``unknown`` orders and adopt the exchange's view; sets
   ``bot.reconciled_at``. A live bot does not trade before its first reconciliation.
 * ``on_candle(...)``: what happens inside a closed candle before its signal is decided. The

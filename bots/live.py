@@ -44,6 +44,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -72,6 +73,9 @@ logger = logging.getLogger(__name__)
 
 # ccxt's request timeout (ms) for live orders, unless the exchange's options set "timeout".
 LIVE_TIMEOUT_MS = 10_000
+# How long an order of ours may be missing on the exchange before it counts as never sent: its
+# request may still be on its way (reconciliation and cancelling both wait this long).
+GRACE = timedelta(seconds=60)
 TERMINAL = (Order.Status.FILLED, Order.Status.CANCELLED, Order.Status.REJECTED)
 CCXT_STATUS = {
     "open": Order.Status.OPEN, "closed": Order.Status.FILLED,
@@ -545,6 +549,10 @@ class CcxtBroker(Broker):
                 return order
             if answer is not None:
                 self.apply(order.pk, answer)
+            elif timezone.now() - order.created_at < GRACE:
+                # Its request may still land (a timeout, a lost answer): cancelled now, a fill
+                # that follows would never be recorded. Reconciliation settles it after GRACE.
+                self._note(order, "cancel: not on the exchange yet, reconciliation settles it")
             else:
                 self.mark(order.pk, Order.Status.CANCELLED, "cancelled: not on the exchange")
         except ccxt.BaseError as exc:

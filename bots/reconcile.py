@@ -30,15 +30,13 @@ from django.db.models import Q
 from django.utils import timezone
 
 from bots.brokers import BrokerError
-from bots.live import Answer, CcxtBroker
+from bots.live import GRACE, Answer, CcxtBroker
 from bots.models import Bot, BotEvent, Order
 from marketdata.services import ms_to_datetime, to_decimal
 from tradeapp.events import publish_on_commit
 
 logger = logging.getLogger(__name__)
 
-# How long an order of ours may be missing on the exchange before it counts as never sent.
-GRACE = timedelta(seconds=60)
 ADOPT_LIMIT = 500  # the exchange's most recent orders scanned for ones we do not know
 REASONS = {"sl": "stop_loss", "ts": "trailing_stop", "tp": "take_profit"}
 

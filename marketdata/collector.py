@@ -27,12 +27,12 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 from django.dispatch import Signal
 
 from marketdata import services
@@ -148,6 +148,13 @@ class _Buffers:
     rejects: list[services.RejectRow] = field(default_factory=list)
     closed: list[tuple[InstrumentState, dict[str, Any]]] = field(default_factory=list)
     touched: set[int] = field(default_factory=set)
+
+    def merged(self, later: _Buffers) -> _Buffers:
+        """This batch followed by ``later``'s (a batch the database could not take yet)."""
+        return _Buffers(
+            ticks=self.ticks + later.ticks, rejects=self.rejects + later.rejects,
+            closed=self.closed + later.closed, touched=self.touched | later.touched,
+        )  # fmt: skip
 
 
 class DataCollector:
@@ -332,13 +339,45 @@ class DataCollector:
         for i, (state, candle) in enumerate(buffers.closed):
             if candle["timestamp"] <= state.tainted_until_ms:
                 buffers.closed[i] = (state, await self._exchange_minute(state, candle))
-        await sync_to_async(self.flush)(buffers, events)
+        try:
+            await sync_to_async(self.flush)(buffers, events)
+        except (OperationalError, InterfaceError) as exc:
+            # The database is unreachable (restarted, failing over): the batch's one transaction
+            # wrote nothing. Keep the batch ahead of what arrives meanwhile and write it with the
+            # next flush, so no tick is dropped and no closed candle skipped.
+            logger.warning("database unavailable, %d ticks and %d candles kept for the next "
+                           "flush: %s", len(buffers.ticks), len(buffers.closed), exc)  # fmt: skip
+            self._buffers = buffers.merged(self._buffers)
+            self._provider_events[:0] = events
 
     def flush(
         self, buffers: _Buffers, provider_events: Sequence[tuple[str, str, str]] = ()
     ) -> None:
-        """Write one batch in a transaction, then announce what closed (runs in a thread)."""
+        """Write one batch in a transaction, then announce what closed (runs in a thread).
+
+        Leaves ``buffers`` and the instruments' state as they were when the database fails with
+        a connection error (``OperationalError``/``InterfaceError``, raised after the broken
+        connection is closed), so the same batch can be written again (``tick``)."""
         announce: list[dict[str, Any]] = []
+        last_minutes = [(state, state.last_minute_ms) for state in self.states.values()]
+        try:
+            self._write(buffers, provider_events, announce)
+        except (OperationalError, InterfaceError):
+            for state, value in last_minutes:
+                state.last_minute_ms = value
+            close_old_connections()  # the next flush connects afresh
+            raise
+        for item in announce:
+            try:
+                self.send_signal_to_bots(item)
+            except Exception:
+                # Events are best effort (the candle is stored); a Redis outage must not stop
+                # collection.
+                logger.exception("announcing %s %s failed", item["symbol"], item["timeframe"])
+        self._publish_progress(buffers)
+
+    def _write(self, buffers: _Buffers, provider_events, announce: list[dict[str, Any]]) -> None:
+        buffers = replace(buffers, rejects=list(buffers.rejects))  # duplicates added below
         with transaction.atomic():
             duplicates = services.ticks_store(buffers.ticks)
             for row in duplicates:
@@ -354,8 +393,10 @@ class DataCollector:
                     )
                 )  # fmt: skip
             services.rejects_store(buffers.rejects)
-            for state, candle in buffers.closed:
-                source = candle.pop("_source", Candle.Source.TICKS)
+            for state, closed in buffers.closed:
+                # Not popped: a batch the database refused is written again as it was.
+                source = closed.get("_source", Candle.Source.TICKS)
+                candle = {k: v for k, v in closed.items() if k != "_source"}
                 services.candles_upsert(
                     instrument_id=state.instrument_id,
                     timeframe="1m",
@@ -383,14 +424,6 @@ class DataCollector:
                                 )
                             )
             self._record_status(buffers, duplicates, provider_events)
-        for item in announce:
-            try:
-                self.send_signal_to_bots(item)
-            except Exception:
-                # Events are best effort (the candle is stored); a Redis outage must not stop
-                # collection.
-                logger.exception("announcing %s %s failed", item["symbol"], item["timeframe"])
-        self._publish_progress(buffers)
 
     # --- internals ----------------------------------------------------------------------------
 

@@ -827,3 +827,237 @@ class FakeBinance:
             self._ws.pop(ws, None)
             self._ws_transports.pop(ws, None)
         return ws
+
+
+@dataclass
+class _Resting:
+    """A market order of ``FaultyBinance`` that the exchange fills later: what it locked."""
+
+    account: Account
+    order: dict[str, Any]
+    price: Decimal
+    fee: Decimal  # the whole order's commission (locked with a buy's notional)
+    base: str
+    quote: str
+    fee_paid: Decimal = Decimal(0)
+
+
+@dataclass
+class _Parked:
+    """An order request held on its way to the exchange (``FaultyBinance.park_next_order``)."""
+
+    release: asyncio.Event
+    land: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class FaultyBinance(FakeBinance):
+    """``FakeBinance`` with more order faults (the order-lifecycle state machine's), all for
+    the next order request(s) only:
+
+    * ``refuse_next_order``: the exchange refuses it with Binance's ``{code, msg}`` (default:
+      insufficient balance), applying nothing;
+    * ``rest_next_order``: a MARKET order is accepted but filled only in part (``fraction`` of
+      its quantity, 0 for none) and answered ``NEW``/``PARTIALLY_FILLED``; ``fill_resting``
+      fills such orders later, at the price of their acceptance; a cancel releases exactly what
+      they still lock;
+    * ``park_next_order``: the request is held on its way (the client times out); later it
+      either lands (``land_parked``: the exchange applies it then, answering no one) or is lost
+      (``lose_parked``: nothing applied).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._refusals: list[tuple[int, str]] = []
+        self._rests: list[Decimal] = []
+        self._resting: dict[int, _Resting] = {}  # orderId -> what it locks
+        self._parks = 0
+        self._parked: list[_Parked] = []
+        self.order_requests = 0  # POST /api/v3/order requests that reached the server at all
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        if request.method == "POST" and request.path == "/api/v3/order":
+            self.order_requests += 1
+        return await super()._middleware(request, handler)
+
+    def refuse_next_order(self, *, code: int = -2010, msg: str = INSUFFICIENT) -> None:
+        self._call(lambda: self._refusals.append((code, msg)))
+
+    def rest_next_order(self, fraction: float = 0.0) -> None:
+        self._call(lambda: self._rests.append(Decimal(str(fraction))))
+
+    def park_next_order(self) -> None:
+        def arm() -> None:
+            self._parks += 1
+
+        self._call(arm)
+
+    @property
+    def resting(self) -> int:
+        """Orders the exchange accepted and has yet to fill in full."""
+        return self._call(lambda: len(self._resting))
+
+    @property
+    def parked(self) -> int:
+        """Order requests held on their way now."""
+        return self._call(lambda: len(self._parked))
+
+    def land_parked(self) -> int:
+        """The held requests reach the exchange, which applies them; returns how many."""
+        return self._call(lambda: self._resolve_parked(land=True))
+
+    def lose_parked(self) -> int:
+        """The held requests are lost on their way: nothing is applied; returns how many."""
+        return self._call(lambda: self._resolve_parked(land=False))
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.lose_parked()  # the server's shutdown waits for its handlers
+        super().stop()
+
+    def clear_faults(self) -> None:
+        """Disarm every fault not yet triggered (held requests stay held)."""
+        super().clear_faults()
+
+        def clear() -> None:
+            self._refusals.clear()
+            self._rests.clear()
+            self._parks = 0
+
+        self._call(clear)
+
+    def account_trades(self, api_key: str) -> list[dict[str, Any]]:
+        """The account's trades as ``GET /api/v3/myTrades`` shows them, oldest first."""
+        return self._call(lambda: [dict(t) for t in self.accounts[api_key].trades])
+
+    def total_balance(self, api_key: str) -> dict[str, Decimal]:
+        """Free plus locked, per asset."""
+
+        def total() -> dict[str, Decimal]:
+            account = self.accounts[api_key]
+            assets = set(account.free) | set(account.locked)
+            return {
+                a: account.free.get(a, Decimal(0)) + account.locked.get(a, Decimal(0))
+                for a in assets
+            }
+
+        return self._call(total)
+
+    def fill_resting(self, api_key: str, fraction: float = 1.0) -> int:
+        """Fill ``fraction`` of what each resting order of ``api_key`` still holds (at least one
+        lot; 1 fills it all) at its acceptance price; returns how many orders traded."""
+
+        def fill() -> int:
+            traded = 0
+            for rest in list(self._resting.values()):
+                if rest.account is not self.accounts[api_key]:
+                    continue
+                order = rest.order
+                left = Decimal(order["origQty"]) - Decimal(order["executedQty"])
+                part = (left * Decimal(str(fraction))).quantize(LOT, ROUND_DOWN)
+                self._fill_part(rest, min(left, max(part, LOT)))
+                traded += 1
+            return traded
+
+        return self._call(fill)
+
+    async def _resolve_parked(self, *, land: bool) -> int:
+        parked, self._parked = self._parked, []
+        for entry in parked:
+            entry.land = land
+            entry.release.set()
+        for entry in parked:
+            await entry.done.wait()
+        return len(parked)
+
+    async def _new_order(self, request: web.Request, account: Account, params: dict) -> Any:
+        if self._parks:
+            self._parks -= 1
+            entry = _Parked(asyncio.Event())
+            self._parked.append(entry)
+            try:
+                await entry.release.wait()
+                if not entry.land:
+                    return web.Response(status=204)  # lost: no one reads this
+                return await self._place(request, account, params)
+            except BinanceError:
+                return web.Response(status=204)  # refused on landing: no one reads it either
+            finally:
+                entry.done.set()
+        return await self._place(request, account, params)
+
+    async def _place(self, request: web.Request, account: Account, params: dict) -> Any:
+        if self._refusals:
+            code, msg = self._refusals.pop(0)
+            raise BinanceError(code, msg)
+        return await super()._new_order(request, account, params)
+
+    def _fill(
+        self, account: Account, order: dict[str, Any], qty: Decimal, price: Decimal,
+        fee: Decimal, base: str, quote: str, now: int,
+    ) -> None:  # fmt: skip
+        if not self._rests:
+            super()._fill(account, order, qty, price, fee, base, quote, now)
+            return
+        fraction = self._rests.pop(0)
+        rest = _Resting(account, order, price, fee, base, quote)
+        self._resting[order["orderId"]] = rest
+        part = (qty * fraction).quantize(LOT, ROUND_DOWN)
+        if part > 0:
+            self._fill_part(rest, part)
+
+    def _fill_part(self, rest: _Resting, qty: Decimal) -> None:
+        """``qty`` more of a resting order trades at its price, in one fill (the last part
+        pays what is left of the commission, so the parts pay exactly the whole's)."""
+        account, order, price = rest.account, rest.order, rest.price
+        executed = Decimal(order["executedQty"]) + qty
+        done = executed == Decimal(order["origQty"])
+        cost = qty * price
+        fee = rest.fee - rest.fee_paid if done else (cost * COMMISSION).quantize(Decimal("1e-8"))
+        rest.fee_paid += fee
+        if order["side"] == "BUY":
+            account.locked[rest.quote] -= cost + fee
+            account.free[rest.base] = account.free.get(rest.base, Decimal(0)) + qty
+        else:
+            account.locked[rest.base] -= qty
+            account.free[rest.quote] = account.free.get(rest.quote, Decimal(0)) + cost - fee
+        now, trade_id = self.now_ms(), self._next_trade_id
+        self._next_trade_id += 1
+        order.update(
+            status="FILLED" if done else "PARTIALLY_FILLED", executedQty=dec(executed),
+            cummulativeQuoteQty=dec(Decimal(order["cummulativeQuoteQty"]) + cost),
+            updateTime=now,
+        )  # fmt: skip
+        order["fills"] = [*order["fills"], {"price": dec(price), "qty": dec(qty),
+                          "commission": dec(fee), "commissionAsset": rest.quote,
+                          "tradeId": trade_id}]  # fmt: skip
+        account.trades.append({
+            "symbol": order["symbol"], "id": trade_id, "orderId": order["orderId"],
+            "orderListId": -1, "price": dec(price), "qty": dec(qty), "quoteQty": dec(cost),
+            "commission": dec(fee), "commissionAsset": rest.quote, "time": now,
+            "isBuyer": order["side"] == "BUY", "isMaker": False, "isBestMatch": True,
+        })  # fmt: skip
+        if done:
+            self._resting.pop(order["orderId"], None)
+
+    async def _cancel_order(self, request: web.Request, account: Account, params: dict) -> Any:
+        try:
+            order = self._find(account, params)
+        except BinanceError:
+            order = None
+        rest = None if order is None else self._resting.get(order["orderId"])
+        if rest is None:
+            return await super()._cancel_order(request, account, params)
+        # Release exactly what the order still locks: the rest of a buy's notional and fee, or
+        # a sell's unsold quantity.
+        left = Decimal(order["origQty"]) - Decimal(order["executedQty"])
+        if order["side"] == "BUY":
+            self._move(account, rest.quote, left * rest.price + rest.fee - rest.fee_paid,
+                       to_locked=False)  # fmt: skip
+        else:
+            self._move(account, rest.base, left, to_locked=False)
+        del self._resting[order["orderId"]]
+        order.update(status="CANCELED", updateTime=self.now_ms())
+        row = self._order_row(order)
+        return web.json_response({**row, "origClientOrderId": row["clientOrderId"]})

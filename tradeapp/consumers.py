@@ -3,10 +3,24 @@
 A client receives first ``{"type": "snapshot", "streams": {channel: seq, ...}, ...}`` and then
 every event published on those channels (see ``tradeapp.events``). When an event's ``seq`` is
 not the previous one plus one, messages were lost: the client reconnects and gets a new snapshot.
+
+What a client may send: ``{"type": "snapshot"}`` (a fresh snapshot), nothing else. Anything else
+is answered ``{"type": "error", "error": "<why>"}`` and the connection stays open, relaying
+events as before: a frame that is not JSON text (binary, malformed, nested too deeply), larger
+than ``MAX_CLIENT_FRAME`` characters (not parsed), JSON that is not an object, or an unknown
+``type``. A bad frame never ends the connection with a server error (1011).
+
+Snapshots are read from the database at most once per ``SNAPSHOT_INTERVAL`` seconds per
+connection: a request inside the interval is answered by one snapshot at its end, however many
+requests came meanwhile (coalesced), so a client asking a thousand times a second costs the
+database two snapshots a second at most.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -20,6 +34,11 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 
+#: The largest frame a client may send, in characters (a request is ``{"type": "snapshot"}``).
+MAX_CLIENT_FRAME = 4096
+#: Seconds between two snapshots of one connection (requests inside it are coalesced).
+SNAPSHOT_INTERVAL = 0.5
+
 
 class StreamConsumer(AsyncJsonWebsocketConsumer):
     """Base for every live view: signed-in users only, then a snapshot and the stream's events."""
@@ -28,6 +47,9 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
     #: The close code when ``allowed`` refuses; a route about one object sets
     #: ``CLOSE_NOT_FOUND`` for an object the user may not see (its existence is not disclosed).
     refusal_code: int = CLOSE_FORBIDDEN
+    #: The snapshot scheduled at the end of the interval, and when the last one was sent.
+    _snapshot_pending: asyncio.Future | None = None
+    _snapshot_sent_at: float = -SNAPSHOT_INTERVAL
 
     def allowed(self, user: Any) -> bool:
         """Whether ``user`` (signed in) may watch this route; subclasses narrow it."""
@@ -53,7 +75,7 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
         for channel in self.streams:
             await self.channel_layer.group_add(events.group_name(channel), self.channel_name)
         await self.accept()
-        await self.send_json(await database_sync_to_async(self._snapshot_message)())
+        await self._send_snapshot()
 
     def _snapshot_message(self) -> dict[str, Any]:
         # Sequence numbers are read before the state, so an event racing the snapshot is
@@ -62,15 +84,58 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
         return {"type": "snapshot", "streams": seqs, **self.snapshot()}
 
     async def disconnect(self, code: int) -> None:
+        if self._snapshot_pending is not None:
+            self._snapshot_pending.cancel()
         for channel in getattr(self, "streams", []):
             await self.channel_layer.group_discard(events.group_name(channel), self.channel_name)
 
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
+        # The base class raises on a binary or malformed frame, which ends the connection with
+        # 1011: answer an error instead (module docstring).
+        if text_data is None:
+            await self._refuse("binary frames are not accepted: send JSON text")
+            return
+        if len(text_data) > MAX_CLIENT_FRAME:
+            await self._refuse(f"frame too large: at most {MAX_CLIENT_FRAME} characters")
+            return
+        try:
+            content = json.loads(text_data)
+        except (ValueError, RecursionError):
+            await self._refuse("not JSON")
+            return
+        await self.receive_json(content, **kwargs)
+
+    async def _refuse(self, why: str) -> None:
+        await self.send_json({"type": "error", "error": why})
+
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         # Live views are one-way; a client asks for a fresh snapshot after a gap.
-        if isinstance(content, dict) and content.get("type") == "snapshot":
-            await self.send_json(await database_sync_to_async(self._snapshot_message)())
+        if not isinstance(content, dict):
+            await self._refuse("send a JSON object")
+        elif content.get("type") == "snapshot":
+            await self._request_snapshot()
         else:
-            await self.send_json({"type": "error", "error": "unsupported message"})
+            await self._refuse('unsupported message: the only request is {"type": "snapshot"}')
+
+    async def _request_snapshot(self) -> None:
+        if self._snapshot_pending is not None:
+            return  # coalesced into the one already scheduled
+        wait = self._snapshot_sent_at + SNAPSHOT_INTERVAL - time.monotonic()
+        if wait <= 0:
+            await self._send_snapshot()
+        else:
+            self._snapshot_pending = asyncio.ensure_future(self._send_snapshot(after=wait))
+
+    async def _send_snapshot(self, after: float = 0.0) -> None:
+        try:
+            if after:
+                await asyncio.sleep(after)
+            self._snapshot_sent_at = time.monotonic()
+            await self.send_json(await database_sync_to_async(self._snapshot_message)())
+        finally:
+            self._snapshot_pending = None
 
     async def stream_event(self, message: dict[str, Any]) -> None:
         await self.send_json(message["event"])

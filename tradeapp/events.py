@@ -252,27 +252,30 @@ def _is_redis_layer(layer: Any) -> bool:
     )
 
 
-_SYNC_CLIENTS: dict[tuple[int, str], Any] = {}
+_SYNC_CLIENTS: dict[tuple[int, str, str], Any] = {}
 
 
 def _members(layer: Any, groups: list[str]) -> dict[str, int] | None:
     """How many members each of ``groups`` has, read from channels-redis's own group keys with
     one pipelined ZCARD per shard over a plain (synchronous) connection; None when a shard is
-    not given as a plain URL (sentinels, ...): the caller then asks through the layer."""
+    not given as a URL (sentinels, ...): the caller then asks through the layer. The host's
+    connection options apply to this connection too, but its ``socket_timeout`` (None: for the
+    layer's blocking reads) does not: ZCARD never blocks, and a hung Redis must fail fast."""
     by_shard: dict[int, list[str]] = {}
     for group in dict.fromkeys(groups):
         by_shard.setdefault(layer.consistent_hash(group), []).append(group)
     members: dict[str, int] = {}
     for shard, names in by_shard.items():
         host = layer.hosts[shard]
-        if not isinstance(host, dict) or set(host) != {"address"}:
+        if not isinstance(host, dict) or "address" not in host:
             return None
-        key = (os.getpid(), str(host["address"]))
+        options = {k: v for k, v in host.items() if k not in ("address", "socket_timeout")}
+        key = (os.getpid(), str(host["address"]), repr(sorted(options.items())))
         client = _SYNC_CLIENTS.get(key)
         if client is None:
             import redis
 
-            client = _SYNC_CLIENTS[key] = redis.Redis.from_url(str(host["address"]))
+            client = _SYNC_CLIENTS[key] = redis.Redis.from_url(str(host["address"]), **options)
         pipe = client.pipeline(transaction=False)
         for group in names:
             pipe.zcard(layer._group_key(group))

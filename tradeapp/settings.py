@@ -156,6 +156,12 @@ REST_FRAMEWORK = {
         "anon": env("TRADEAPP_API_ANON_RATE", default="60/min"),
         "user": env("TRADEAPP_API_USER_RATE", default="1200/min"),
     },
+    # JSON, form and multipart bodies bounded by DATA_UPLOAD_MAX_MEMORY_SIZE (413 beyond it).
+    "DEFAULT_PARSER_CLASSES": [
+        "api.parsers.LimitedJSONParser",
+        "api.parsers.LimitedFormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "api.errors.api_exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
@@ -264,7 +270,11 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [REDIS_URL],
+            # No socket timeout on the layer's connections: channels-redis waits for a
+            # consumer's next message with a 5 s blocking BZPOPMIN, and redis-py 8's default
+            # socket_timeout (5 s) raced it, closing quiet WebSockets with 1011
+            # (tests/tradeapp/test_channel_layer.py).
+            "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
             "prefix": env.str("TRADEAPP_CHANNEL_PREFIX", default="asgi"),
             # Seconds a message waits for a slow consumer before it is dropped.
             "expiry": 60,
@@ -304,6 +314,13 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Queues a worker started by `make run` consumes; production runs one worker pool per queue.
 TRADEAPP_CELERY_QUEUES = ["default", "collect", "bots", "backtests"]
+# Seconds a queued or running backtest/optimisation may go without a heartbeat before the
+# watchdog (backtests.recover_stale, every minute) takes its worker or message for lost.
+TRADEAPP_RUN_STALE_AFTER = env.int("TRADEAPP_RUN_STALE_AFTER", default=600)
+# Starts a run gets before a lost worker fails it ("worker lost: ...").
+TRADEAPP_RUN_MAX_ATTEMPTS = env.int("TRADEAPP_RUN_MAX_ATTEMPTS", default=3)
+# Seconds between heartbeats of a running run.
+TRADEAPP_RUN_HEARTBEAT = env.int("TRADEAPP_RUN_HEARTBEAT", default=30)
 
 # --- Security ---------------------------------------------------------------------------------
 

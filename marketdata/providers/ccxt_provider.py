@@ -179,6 +179,10 @@ class CcxtProvider(DataProvider):
         loop = asyncio.get_running_loop()
         use_ws, ws_failures, rest_failures = self.use_websocket, 0, 0
         next_ws_try, need_fill, connected = 0.0, True, False
+        # Loop time before which REST is not called again: a failed poll's backoff (at least a
+        # 429's Retry-After) holds for every REST call, also the one a failing WebSocket retry
+        # falls back to at once.
+        rest_ready = 0.0
         if not use_ws:
             self.report("fallback", f"{feed.symbol}: polling REST every {self.poll_interval}s")
         while True:
@@ -199,6 +203,7 @@ class CcxtProvider(DataProvider):
                 except ccxt.BaseError as exc:
                     raise ProviderError(f"{self.exchange_id} {feed.symbol}: {exc}") from exc
                 if need_fill:  # trades between the last one we saw and this subscription
+                    await asyncio.sleep(max(0.0, rest_ready - loop.time()))
                     await self._retry(lambda: self._poll(feed), what="fill", attempts=None)
                     need_fill = False
                 if not connected:
@@ -208,12 +213,14 @@ class CcxtProvider(DataProvider):
                     self._emit(feed, self._from_ccxt(trade), parsed=True)
                 continue
             wait = self.poll_interval
+            await asyncio.sleep(max(0.0, rest_ready - loop.time()))
             try:
                 await self._poll(feed)
                 rest_failures = 0
             except RETRYABLE as exc:
                 rest_failures += 1
                 wait = self._backoff(rest_failures, exc)
+                rest_ready = loop.time() + wait
                 self.report("error", f"{feed.symbol} REST: {exc!r}; retrying in {wait:.1f}s")
             except ccxt.BaseError as exc:
                 raise ProviderError(f"{self.exchange_id} {feed.symbol}: {exc}") from exc
@@ -253,6 +260,13 @@ class CcxtProvider(DataProvider):
                 )
                 trades = None
             rows = _raw_rows(self.exchange.last_json_response)
+            if self.exchange.last_json_response is None and self.exchange.last_http_response:
+                # ccxt takes a body that is not JSON (a proxy's page, a truncated answer) for
+                # no trades: a catch-up would then skip that window for good. Retry it.
+                raise ccxt.BadResponse(
+                    f"{self.exchange_id}: trades response for {symbol} is not JSON: "
+                    f"{self.exchange.last_http_response[:80]!r}"
+                )
         if trades is not None and (rows is None or len(rows) == len(trades)):
             return [(self._from_ccxt(t), True) for t in trades]
         if rows is None:

@@ -130,7 +130,7 @@ def asgi_server(
     folder = tmp_path_factory.mktemp("asgi")
     argv = [
         sys.executable, "-m", "uvicorn", "tradeapp.asgi:application", "--host", "127.0.0.1",
-        "--port", str(port), "--lifespan", "off", "--no-server-header",
+        "--port", str(port), "--lifespan", "off", "--no-server-header", "--ws-max-size", "65536",
     ]  # fmt: skip
     scheme = "http"
     if settings.PRODUCTION:

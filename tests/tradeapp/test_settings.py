@@ -78,7 +78,7 @@ def test_settings_embedded_default_uses_sqlite_and_private_redis(tmp_path):
     sock = tmp_path / "redis.sock"
     assert got["redis_url"] == f"unix://{sock}?db=0"
     assert got["broker"] == f"redis+socket://{sock}?virtual_host=0"
-    assert got["layer_hosts"] == [f"unix://{sock}?db=0"]
+    assert got["layer_hosts"] == [{"address": f"unix://{sock}?db=0", "socket_timeout": None}]
     # A secret key is generated once and kept, so sessions survive restarts.
     assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
     assert resolve({"TRADEAPP_VAR_DIR": str(tmp_path)})["secret_len"] == got["secret_len"] >= 50
@@ -97,7 +97,9 @@ def test_settings_production_uses_postgresql_and_redis():
     assert got["engine"] == "django.db.backends.postgresql"
     assert (got["db_name"], got["db_host"]) == ("tradeapp", "db.internal")
     assert got["redis_url"] == got["broker"] == "redis://cache.internal:6379/2"
-    assert got["layer_hosts"] == ["redis://cache.internal:6379/2"]
+    assert got["layer_hosts"] == [
+        {"address": "redis://cache.internal:6379/2", "socket_timeout": None}
+    ]
     assert got["allowed_hosts"] == ["trade.example.com"]
     assert got["ssl_redirect"] is True
 
