@@ -7,9 +7,7 @@ import inspect
 import io
 import json
 import logging
-import os
 import threading
-import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -30,6 +28,7 @@ from marketdata.selectors import candles_frame
 from strategies.base import BaseStrategy, StrategyParameterError
 from strategies.registry import get_strategy
 from tradeapp.events import publish_on_commit
+from tradeapp.pause import pause_point
 
 logger = logging.getLogger(__name__)
 
@@ -52,25 +51,13 @@ class RunSuperseded(Exception):
 # once their starts are used up, fails them. Each start fences the ones before it: a start
 # writes only while ``attempts`` still holds its own number.
 
-#: Tests only: "<point>:<marker file>" makes the first run reaching ``point`` write its process
-#: id into the marker file and sleep, so that a test can kill its worker there.
+#: Tests only (``tradeapp.pause``): "<point>:<marker file>" pauses the first run reaching
+#: ``point`` ("backtest", "chunk") so that a test can kill its worker there.
 TEST_PAUSE_ENV = "TRADEAPP_TEST_PAUSE_BACKTEST"
 
 
 def _test_pause(point: str) -> None:
-    spec = os.environ.get(TEST_PAUSE_ENV)
-    if not spec:
-        return
-    at, _, marker = spec.partition(":")
-    if at != point:
-        return
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return  # once: the redelivered or requeued run goes through
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
-    time.sleep(3600)
+    pause_point(TEST_PAUSE_ENV, point)
 
 
 def stale_after() -> timedelta:

@@ -41,8 +41,6 @@ passes through ``redact`` first.
 from __future__ import annotations
 
 import logging
-import os
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -68,6 +66,7 @@ from marketdata.models import Exchange
 from marketdata.providers.ccxt_provider import _merge, rewrite_api_urls
 from marketdata.services import datetime_to_ms, ms_to_datetime, to_decimal
 from tradeapp.events import publish_on_commit
+from tradeapp.pause import pause_point
 
 logger = logging.getLogger(__name__)
 
@@ -92,19 +91,7 @@ _clients: dict[tuple[Any, ...], ccxt.Exchange] = {}  # this process's clients (m
 
 
 def test_pause(point: str) -> None:
-    spec = os.environ.get(TEST_PAUSE_ENV)
-    if not spec:
-        return
-    at, _, marker = spec.partition(":")
-    if at != point:
-        return
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return  # once: the redelivered task runs through
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
-    time.sleep(3600)
+    pause_point(TEST_PAUSE_ENV, point)
 
 
 def redact(text: str, client: ccxt.Exchange | None) -> str:
