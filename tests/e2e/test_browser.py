@@ -181,6 +181,7 @@ def test_forms_and_tables_work_from_the_keyboard(browsing, trader):
     page.keyboard.type("12")
     page.keyboard.press("Enter")
     bot = eventually(lambda: Bot.objects.filter(owner=trader, name="Keyboard bot").first())
+    page.wait_for_url(f"**/bots/{bot.pk}/")  # the form's redirect, before navigating on
     assert bot.parameters == {"fast": 4, "slow": 12}
 
     page.goto("/bots/")
