@@ -34,7 +34,7 @@ def test_sign_in_and_out(browsing, trader):
     page.get_by_label("Username").fill("trader")
     page.get_by_label("Password").fill("wrong")
     page.get_by_role("button", name="Sign in").click()
-    assert page.get_by_role("alert").is_visible()
+    page.get_by_role("alert").wait_for(state="visible")  # the page answered the wrong password
     sign_in(browsing)
     assert page.locator(".who").inner_text() == "trader"
     page.get_by_role("button", name="Sign out").click()
@@ -64,7 +64,7 @@ def test_a_bot_from_the_form_trades_live_and_a_backtest_draws_its_equity(browsin
     page.fill("[name='sma_crossover-fast']", "8")
     page.fill("[name='sma_crossover-slow']", "3")  # refused: the fast average must be faster
     page.click("#bot-submit")
-    assert page.locator("#id_sma_crossover-fast_error, .errorlist").first.is_visible()
+    page.locator("#id_sma_crossover-fast_error, .errorlist").first.wait_for(state="visible")
     assert not Bot.objects.filter(name="Browser SMA").exists()
     page.fill("[name='sma_crossover-fast']", "3")
     page.fill("[name='sma_crossover-slow']", "8")
@@ -158,7 +158,7 @@ def test_forms_and_tables_work_from_the_keyboard(browsing, trader):
     sign_in(browsing)
     page = browsing.page
     page.goto("/bots/new/?strategy=sma_crossover")
-    assert page.locator("#params-sma_crossover").is_visible()
+    page.locator("#params-sma_crossover").wait_for(state="visible")
     options = page.eval_on_selector_all("#id_strategy option", "os => os.map(o => o.value)")
     page.focus("#id_strategy")
     # The neighbouring strategy in the list, by the arrow keys alone.
