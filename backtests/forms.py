@@ -177,7 +177,9 @@ class RunForm(forms.Form):
             self.strategy_fields[name] = self.add_parameter_fields(name, cls)
 
     def add_parameter_fields(self, strategy: str, cls: type) -> list[str]:
-        raise NotImplementedError
+        """Add ``strategy``'s parameter fields; return their names. Each form defines its own
+        (``BacktestForm``: one value per parameter; ``OptimizationForm``: a range or list)."""
+        raise NotImplementedError  # abstract: RunForm is only used through its two subclasses
 
     @property
     def chosen_strategy(self) -> str:
@@ -226,7 +228,8 @@ class RunForm(forms.Form):
         return fields | {name: data.get(name) for name in OPTION_FIELDS}
 
     def parameter_error_field(self, exc: StrategyParameterError) -> str | None:
-        raise NotImplementedError
+        """The form field a strategy's refusal belongs to (None: above the form); per form."""
+        raise NotImplementedError  # abstract: RunForm is only used through its two subclasses
 
     def add_strategy_error(self, exc: StrategyParameterError) -> None:
         """Show a strategy's refusal next to the parameter it names (else above the form)."""
