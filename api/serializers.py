@@ -13,7 +13,7 @@ from backtests import services as backtests_services
 from backtests.metrics import METRIC_NAMES
 from backtests.models import BacktestRun, OptimizationResult, OptimizationRun
 from bots import services
-from bots.models import Bot, BotEvent, ExchangeAccount, Order, Position, Signal, Trade
+from bots.models import Bot, BotEvent, ExchangeAccount, Fill, Order, Position, Signal, Trade
 from marketdata.models import Candle, Exchange, Instrument, RawTick, RejectedTick
 from strategies.base import StrategyParameterError
 from strategies.registry import available
@@ -60,7 +60,7 @@ class PositionSerializer(serializers.ModelSerializer):
         model = Position
         fields = [
             "id", "bot", "quantity", "entry_price", "entry_time", "mark_price", "unrealized_pnl",
-            "updated_at",
+            "dust", "updated_at",
         ]  # fmt: skip
 
 
@@ -142,13 +142,26 @@ class SignalSerializer(serializers.ModelSerializer):
                   "risk_checks", "executed", "no_order_reason", "created_at"]  # fmt: skip
 
 
+class FillSerializer(serializers.ModelSerializer):
+    """One fill; ``fee_cost`` in ``fee_currency`` is the fee as the exchange charged it (the
+    quote currency, the coin bought, or a third asset such as BNB), ``fee`` its value in the
+    quote currency at the fill."""
+
+    class Meta:
+        model = Fill
+        fields = ["id", "time", "side", "quantity", "price", "fee_cost", "fee_currency", "fee",
+                  "exchange_trade_id"]  # fmt: skip
+
+
 class OrderSerializer(serializers.ModelSerializer):
+    fills = FillSerializer(many=True, read_only=True)
+
     class Meta:
         model = Order
         fields = [
             "id", "bot", "signal", "client_order_id", "side", "type", "reason", "time",
             "quantity", "quote_amount", "price", "filled_quantity", "status",
-            "exchange_order_id", "error", "created_at", "submitted_at", "filled_at",
+            "exchange_order_id", "error", "created_at", "submitted_at", "filled_at", "fills",
         ]  # fmt: skip
 
 
@@ -210,9 +223,9 @@ class ExchangeAccountSerializer(serializers.ModelSerializer):
 
 _RUN_FIELDS = [
     "id", "strategy", "instrument", "timeframe", "start", "end", "cash", "fee",
-    "slippage", "size", "fill", "allow_short", "stop_loss", "take_profit", "trailing_stop",
-    "status", "progress", "error", "created_at", "started_at", "finished_at", "data_first",
-    "data_last", "data_bars", "data_hash", "strategy_version", "engine_version",
+    "slippage", "size", "fill", "allow_short", "fee_in_base", "stop_loss", "take_profit",
+    "trailing_stop", "status", "progress", "error", "created_at", "started_at", "finished_at",
+    "data_first", "data_last", "data_bars", "data_hash", "strategy_version", "engine_version",
 ]  # fmt: skip
 _RUN_READ_ONLY = [
     "status", "progress", "error", "created_at", "started_at", "finished_at", "data_first",

@@ -130,7 +130,7 @@ class OrderFilter(_TimeRange):
 
 class OrderViewSet(Owned, viewsets.ReadOnlyModelViewSet):
     owner_path = "bot__owner"
-    queryset = Order.objects.all()
+    queryset = Order.objects.prefetch_related("fills")
     serializer_class = s.OrderSerializer
     filterset_class = OrderFilter
 

@@ -93,7 +93,8 @@ class BotForm(forms.ModelForm):
         fields = (
             "owner", "name", "strategy", "parameters", "instrument", "timeframe", "mode",
             "account", "capital", "max_position_fraction", "stop_loss", "take_profit",
-            "trailing_stop", "cooldown_candles", "max_daily_loss", "fee", "slippage",
+            "trailing_stop", "cooldown_candles", "max_daily_loss", "fee", "fee_in_base",
+            "slippage",
         )  # fmt: skip
 
     def __init__(self, *args, **kwargs) -> None:
@@ -231,7 +232,9 @@ class OrderAdmin(ReadOnlyAdmin):
 
 @admin.register(Fill)
 class FillAdmin(ReadOnlyAdmin):
-    list_display = ("time", "bot", "side", "quantity", "price", "fee", "order")
+    list_display = (
+        "time", "bot", "side", "quantity", "price", "fee_cost", "fee_currency", "fee", "order",
+    )  # fmt: skip
     list_filter = ("side", "bot__mode")
     search_fields = ("order__client_order_id", "exchange_trade_id", "bot__name")
     list_select_related = ("bot", "order")
@@ -251,7 +254,7 @@ class TradeAdmin(ReadOnlyAdmin):
 @admin.register(Position)
 class PositionAdmin(ReadOnlyAdmin):
     list_display = (
-        "bot", "quantity", "entry_price", "entry_time", "mark_price", "unrealized_pnl",
+        "bot", "quantity", "dust", "entry_price", "entry_time", "mark_price", "unrealized_pnl",
         "updated_at",
     )  # fmt: skip
     list_filter = ("bot__status", "bot__mode")

@@ -31,7 +31,7 @@ from typing import Any
 from django.db import connection, models
 from django.utils import timezone
 
-from bots import paper
+from bots import paper, risk
 from bots.models import Bot, Fill, Order, Trade
 from marketdata.services import datetime_to_ms, ms_to_datetime, to_decimal
 from tradeapp.events import publish_on_commit
@@ -91,6 +91,14 @@ class Broker(abc.ABC):
     ) -> CandleResult:
         # Live brokers learn fills from the exchange (reconcile): nothing happens here.
         return CandleResult()
+
+    def exchange_rules(
+        self, order: Order, book: paper.PaperBook, price: float
+    ) -> risk.Check | None:
+        """Fit a decided order (not saved yet) to the exchange's amount rules at about
+        ``price``: the check for the decision log, failed when the order may not be sent.
+        None: no such rules (paper trading, as the backtester)."""
+        return None
 
 
 def rows_update(model: type[models.Model], objs: list[models.Model], fields: list[str]) -> None:
@@ -290,8 +298,9 @@ class PaperBroker(Broker):
         if order is not None:
             if order.side == Order.Side.BUY:
                 filled = paper.buy(
-                    book, open_, size=bot.max_position_fraction, time_ms=time_ms, **opts
-                )
+                    book, open_, size=bot.max_position_fraction, time_ms=time_ms,
+                    fee_in_base=bot.fee_in_base, **opts,
+                )  # fmt: skip
                 outcome = (filled, None) if filled else None
             else:
                 outcome = paper.sell(book, open_, time_ms=time_ms, reason="signal", **opts)
@@ -344,9 +353,16 @@ class PaperBroker(Broker):
         order.price = to_decimal(filled.price)
         order.filled_at = timezone.now()
         self._save(order)
+        fee = to_decimal(filled.fee)
+        if filled.side == Order.Side.BUY and self.bot.fee_in_base:
+            # Taken from the coin bought: its amount is the fee's value at the fill price.
+            cost, currency = to_decimal(filled.fee / filled.price), self.bot.instrument.base
+        else:
+            cost, currency = fee, self.bot.instrument.quote
         fill = Fill(
             order=order, bot_id=order.bot_id, time=when, side=filled.side,
-            quantity=order.quantity, price=order.price, fee=to_decimal(filled.fee),
+            quantity=order.quantity, price=order.price, fee=fee, fee_cost=cost,
+            fee_currency=currency,
         )  # fmt: skip
         result.fills.append(fill)
         if filled.side == Order.Side.BUY:
@@ -404,9 +420,11 @@ def trade_row(exit_order: Order, closed: paper.ClosedTrade, entry_order: Order |
 
 
 def fill_json(fill: Fill) -> dict[str, Any]:
+    """``fee`` valued in the quote currency; ``fee_cost`` in ``fee_currency``, as charged."""
     return {
         "id": fill.pk, "time_ms": datetime_to_ms(fill.time), "side": fill.side,
         "quantity": float(fill.quantity), "price": float(fill.price), "fee": float(fill.fee),
+        "fee_cost": float(fill.fee_cost), "fee_currency": fill.fee_currency,
     }  # fmt: skip
 
 
@@ -421,9 +439,13 @@ def trade_json(trade: Trade) -> dict[str, Any]:
 
 
 def position_fields(book: paper.PaperBook, mark: float) -> dict[str, Any]:
-    """The ``Position`` row of a bot's book marked at ``mark`` (paper and live alike)."""
+    """The ``Position`` row of a bot's book marked at ``mark`` (paper and live alike); a live
+    bot's dust is apart from the quantity, its unrealised P&L counted in."""
     unrealized = book.units * (mark - book.entry_price) - book.entry_fee if book.long else 0.0
+    if book.dust:
+        unrealized += book.dust * (mark - book.dust_price) - book.dust_fee
     return {
+        "dust": to_decimal(book.dust),
         "quantity": to_decimal(book.units),
         "entry_price": to_decimal(book.entry_price) if book.long else None,
         "entry_time": ms_to_datetime(book.entry_ms) if book.long else None,

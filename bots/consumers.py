@@ -107,6 +107,7 @@ class PortfolioConsumer(BotConsumer):
                 "entry_price": _number(position.entry_price) if position else None,
                 "mark_price": _number(position.mark_price) if position else None,
                 "unrealized_pnl": _number(position.unrealized_pnl) if position else 0.0,
+                "dust": _number(position.dust) if position else 0.0,
             },
             "orders": [
                 {

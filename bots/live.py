@@ -62,6 +62,7 @@ from bots.brokers import (
     record_trade,
 )
 from bots.models import Bot, BotEvent, ExchangeAccount, Fill, Order, Position, Signal
+from bots.risk import Check
 from marketdata.models import Exchange
 from marketdata.providers.ccxt_provider import _merge, rewrite_api_urls
 from marketdata.services import datetime_to_ms, ms_to_datetime, to_decimal
@@ -263,14 +264,88 @@ class CcxtBroker(Broker):
         client, params = self.client, {"newClientOrderId": order.client_order_id}
         client.load_markets()
         if order.side == Order.Side.BUY:
-            # The backtester's sizing: the committed cash pays the notional and the fee.
-            cost = float(order.quote_amount) / (1.0 + self.bot.fee)
-            cost = float(client.cost_to_precision(self.symbol, cost))
+            cost = float(client.cost_to_precision(self.symbol, self.buy_cost(order)))
             data = client.create_market_buy_order_with_cost(self.symbol, cost, params)
         else:
             amount = float(client.amount_to_precision(self.symbol, float(order.quantity)))
             data = client.create_order(self.symbol, "market", "sell", amount, None, params)
         return Answer(data, list(data.get("trades") or []))
+
+    def buy_cost(self, order: Order) -> float:
+        """The quote amount a buy spends: the backtester's sizing. The committed cash pays the
+        notional and a fee in the quote currency; when the exchange takes the fee from the coin
+        bought (``Bot.fee_in_base``) it pays the notional alone."""
+        if self.bot.fee_in_base:
+            return float(order.quote_amount)
+        return float(order.quote_amount) / (1.0 + self.bot.fee)
+
+    # --- the exchange's amount rules --------------------------------------------------------
+    def market(self) -> dict[str, Any]:
+        """ccxt's market of the bot's symbol (precision and limits), markets loaded once."""
+        self.client.load_markets()
+        return self.client.market(self.symbol)
+
+    def floor_amount(self, amount: float) -> float:
+        """``amount`` rounded down to the market's amount precision (lot step); 0 below it."""
+        try:
+            return float(self.client.amount_to_precision(self.symbol, amount))
+        except ccxt.InvalidOrder:  # ccxt's "amount must be greater than ... precision"
+            return 0.0
+
+    def minimum_problem(self, amount: float, price: float) -> str | None:
+        """Why an order of ``amount`` (already on the lot step) at about ``price`` is below
+        the market's minimum amount or notional, or None."""
+        market = self.market()
+        limits = market.get("limits") or {}
+        min_amount = float((limits.get("amount") or {}).get("min") or 0.0)
+        min_cost = float((limits.get("cost") or {}).get("min") or 0.0)
+        base, quote = self.bot.instrument.base, self.bot.instrument.quote
+        if not amount > 0.0:
+            step = (market.get("precision") or {}).get("amount")
+            return f"below the lot step {step:g} {base}" if step else "nothing to trade"
+        if amount < min_amount:
+            return f"{amount:.8g} {base} is below the minimum amount {min_amount:g} {base}"
+        if amount * price < min_cost:
+            return (
+                f"notional {amount * price:.8g} {quote} is below the minimum {min_cost:g} {quote}"
+            )
+        return None
+
+    def exchange_rules(self, order: Order, book: paper.PaperBook, price: float) -> Check | None:
+        """Fit ``order`` (not sent yet) to the market's lot step and minimums at about
+        ``price``: an exit sells what the bot holds (its dust taken back in) rounded down to
+        the lot step; below the minimum the position becomes dust (recorded, never sent, and
+        the bot is flat for its next entry). An entry below the minimum is refused. The
+        markets unreachable: None (the order goes on; the exchange decides)."""
+        base = self.bot.instrument.base
+        try:
+            if order.side == Order.Side.BUY:
+                cost = float(self.client.cost_to_precision(self.symbol, self.buy_cost(order)))
+                amount = self.floor_amount(cost / price)
+                problem = self.minimum_problem(amount, price)
+                if problem is not None:
+                    return Check("exchange_minimum", False, f"entry not sent: {problem}")
+                return Check(
+                    "exchange_minimum", True, f"spends {cost:.8g} {self.bot.instrument.quote}"
+                )
+            book.merge_dust()
+            amount = self.floor_amount(book.units)
+            problem = self.minimum_problem(amount, price)
+        except ccxt.BaseError as exc:
+            logger.warning("bot %s: market rules unavailable: %s", self.bot.pk,
+                           self.error_text(exc))  # fmt: skip
+            return None
+        if problem is not None:
+            book.to_dust()
+            detail = f"dust: {book.dust:.8g} {base} kept, exit not sent ({problem})"
+            record_dust(self.bot, detail, book, time_ms=datetime_to_ms(order.time))
+            return Check("exchange_minimum", False, detail)
+        order.quantity = to_decimal(amount)
+        rest = book.units - amount
+        detail = f"sells {amount:.8g} {base} (lot step)"
+        if rest > 0.0:
+            detail += f"; {rest:.8g} {base} below the lot step stays as dust"
+        return Check("exchange_minimum", True, detail)
 
     # --- stops ------------------------------------------------------------------------------
     def on_candle(
@@ -303,6 +378,9 @@ class CcxtBroker(Broker):
             type=Order.Type.TAKE_PROFIT if reason == "take_profit" else Order.Type.STOP,
             reason=reason, time=ms_to_datetime(time_ms), quantity=to_decimal(book.units),
         )  # fmt: skip
+        check = self.exchange_rules(order, book, level)
+        if check is not None and not check.passed:
+            return CandleResult()  # the position is dust now (recorded): nothing to send
         order.save(force_insert=True)
         logger.info(
             "bot %s: %s at %s in the candle closing at %s: market exit %s",
@@ -374,6 +452,9 @@ class CcxtBroker(Broker):
         """Adopt the exchange's view of an order: its status, new fills, and (when it ends
         filled) the book, position and round trip. Idempotent. Returns the new status."""
         data = answer.order
+        trades = self._trades(answer)
+        # Fees in a third asset are valued before the locks (a request to the exchange each).
+        rates = self._fee_rates(trades)
         with transaction.atomic():
             bot = Bot.objects.select_for_update().get(pk=self.bot.pk)
             order = Order.objects.select_for_update().get(pk=order_id)
@@ -383,7 +464,7 @@ class CcxtBroker(Broker):
             status = CCXT_STATUS.get(data.get("status") or "", Order.Status.UNKNOWN)
             if status == Order.Status.OPEN and filled > 0:
                 status = Order.Status.PARTIALLY_FILLED
-            fills = self._new_fills(order, answer)
+            fills = self._new_fills(order, trades, rates)
             order.status = status
             order.exchange_order_id = str(data.get("id") or order.exchange_order_id)
             order.filled_quantity = to_decimal(float(filled))
@@ -409,98 +490,178 @@ class CcxtBroker(Broker):
                 self._book(bot, order)
             return status
 
-    def _new_fills(self, order: Order, answer: Answer) -> list[Fill]:
+    @staticmethod
+    def _trades(answer: Answer) -> list[dict[str, Any]]:
+        """The order's trades; without a trade list, one made of the order's totals."""
+        if answer.trades or not answer.order.get("filled"):
+            return answer.trades
+        data = answer.order
+        return [{"id": "", "timestamp": data.get("lastTradeTimestamp") or data.get("timestamp"),
+                 "amount": data["filled"], "price": data.get("average"),
+                 "fee": data.get("fee"), "fees": data.get("fees")}]  # fmt: skip
+
+    def _new_fills(
+        self, order: Order, trades: list[dict[str, Any]], rates: dict[tuple[str, int], float]
+    ) -> list[Fill]:
         known = set(order.fills.values_list("exchange_trade_id", flat=True))
-        trades = answer.trades
-        if not trades and answer.order.get("filled") and not known:
-            # No trade list: one fill from the order's totals.
-            data = answer.order
-            trades = [{"id": "", "timestamp": data.get("lastTradeTimestamp") or data.get(
-                "timestamp"), "amount": data["filled"], "price": data.get("average"),
-                "fee": data.get("fee")}]  # fmt: skip
+        if known and trades and not trades[0].get("id"):
+            return []  # the order's totals, booked already
         created = []
         for trade in trades:
             trade_id = str(trade.get("id") or "")
             if trade_id in known or not trade.get("amount"):
                 continue
             known.add(trade_id)
-            stamp = trade.get("timestamp") or datetime_to_ms(timezone.now())
+            stamp = int(trade.get("timestamp") or datetime_to_ms(timezone.now()))
+            price = float(trade["price"])
+            cost, currency = trade_fee(trade)
             fill = Fill.objects.create(
-                order=order, bot_id=order.bot_id, time=ms_to_datetime(int(stamp)),
-                side=order.side, quantity=to_decimal(float(trade["amount"])),
-                price=to_decimal(float(trade["price"])),
-                fee=to_decimal(self._fee_in_quote(trade)), exchange_trade_id=trade_id,
+                order=order, bot_id=order.bot_id, time=ms_to_datetime(stamp), side=order.side,
+                quantity=to_decimal(float(trade["amount"])), price=to_decimal(price),
+                fee=to_decimal(self._fee_value(cost, currency, price, stamp, rates)),
+                fee_cost=to_decimal(cost), fee_currency=currency, exchange_trade_id=trade_id,
             )  # fmt: skip
             created.append(fill)
         return created
 
-    def _fee_in_quote(self, trade: dict[str, Any]) -> float:
-        fee = trade.get("fee") or {}
-        cost = float(fee.get("cost") or 0.0)
-        base, _, quote = self.symbol.partition("/")
-        currency = fee.get("currency")
-        if currency == base:
-            return cost * float(trade["price"])
-        # Another currency (an exchange token such as BNB) has no price here: not counted.
-        return cost if currency in (None, quote.split(":")[0]) else 0.0
+    def _fee_value(
+        self, cost: float, currency: str, price: float, stamp: int, rates: dict
+    ) -> float:
+        """A fee in the quote currency: as is in it, at the fill's price in the coin bought,
+        at the asset's price then in a third asset (0, logged, when it has none)."""
+        instrument = self.bot.instrument
+        if not cost or currency in ("", instrument.quote):
+            return cost
+        if currency == instrument.base:
+            return cost * price
+        rate = rates.get((currency, stamp - stamp % 60_000))
+        if rate is None:
+            logger.warning("bot %s: a fee of %s %s has no price in %s: counted as 0", self.bot.pk,
+                           cost, currency, instrument.quote)  # fmt: skip
+            return 0.0
+        return cost * rate
+
+    def _fee_rates(self, trades: list[dict[str, Any]]) -> dict[tuple[str, int], float]:
+        """The quote price of each third asset a fee of ``trades`` was paid in, in the minute
+        of its fill: the close of that 1m candle (the last price in the running minute),
+        through ``ASSET/QUOTE`` or the inverse of ``QUOTE/ASSET``."""
+        instrument = self.bot.instrument
+        wanted = set()
+        for trade in trades:
+            cost, currency = trade_fee(trade)
+            if cost and currency not in ("", instrument.base, instrument.quote):
+                stamp = int(trade.get("timestamp") or datetime_to_ms(timezone.now()))
+                wanted.add((currency, stamp - stamp % 60_000))
+        rates: dict[tuple[str, int], float] = {}
+        for currency, minute in sorted(wanted):
+            try:
+                rate = self._rate(currency, minute)
+            except ccxt.BaseError as exc:
+                logger.warning("bot %s: no price for %s: %s", self.bot.pk, currency,
+                               self.error_text(exc))  # fmt: skip
+                continue
+            if rate is not None:
+                rates[(currency, minute)] = rate
+        return rates
+
+    def _rate(self, currency: str, minute: int) -> float | None:
+        client, quote = self.client, self.bot.instrument.quote
+        client.load_markets()
+        for pair, inverse in ((f"{currency}/{quote}", False), (f"{quote}/{currency}", True)):
+            if pair not in client.markets:
+                continue
+            rows = client.fetch_ohlcv(pair, "1m", since=minute, limit=1)
+            # ccxt stamps a candle with its open time: the row of the fill's minute.
+            if rows and int(rows[0][0]) == minute and rows[0][4]:
+                price = float(rows[0][4])
+            else:
+                price = float(client.fetch_ticker(pair)["last"])
+            return 1.0 / price if inverse else price
+        return None
 
     def _book(self, bot: Bot, order: Order) -> None:
-        """Move the bot's ledger by a finished order's fills, as ``bots.paper`` would."""
+        """Move the bot's ledger by a finished order's fills, as the account moved: the coin
+        held is the quantity less a fee taken in it, the cash moves by the quote paid or
+        received with a fee taken in it, a third-asset fee (valued at its fill) is in the
+        P&L and ``other_fees``. The trade's P&L is money out less money in; its ``fees`` all
+        fees in the quote currency, so that ``pnl = units * (exit - entry) - fees``."""
+        instrument = self.bot.instrument
+        base, quote = instrument.base, instrument.quote
         book = paper.PaperBook.from_dict(bot.paper_book or {"cash": float(bot.capital)})
         fills = list(order.fills.order_by("time", "id"))
-        units = sum(float(f.quantity) for f in fills)
+        gross = sum(float(f.quantity) for f in fills)
         cost = sum(float(f.quantity) * float(f.price) for f in fills)
-        fee = sum(float(f.fee) for f in fills)
+        base_fee = sum(float(f.fee_cost) for f in fills if f.fee_currency == base)
+        quote_fee = sum(float(f.fee_cost) for f in fills if f.fee_currency in ("", quote))
+        other_fee = sum(float(f.fee) for f in fills if f.fee_currency not in ("", base, quote))
         last_ms = datetime_to_ms(fills[-1].time)
         # The average fill price, in decimals: one fill's price exactly as the exchange gave it.
         price = float(sum(f.quantity * f.price for f in fills) / sum(f.quantity for f in fills))
+        book.other_fees += other_fee
         if order.side == Order.Side.BUY:
-            committed = cost + fee
-            book.cash -= committed
-            # Added to a position already held (an adopted order): the average entry.
-            total = book.units + units
-            book.entry_price = (book.units * book.entry_price + cost) / total
-            book.units = total
-            book.entry_fee += fee
-            book.committed += committed
-            book.extreme = max(book.extreme, price)
-            book.entry_ms = book.entry_ms or last_ms
+            _book_buy(book, gross, cost, base_fee, quote_fee, other_fee, price, last_ms)
         else:
-            units = min(units, book.units) if book.long else units
-            book.cash += cost - fee
-            if book.long:
-                share = units / book.units
-                fees = book.entry_fee * share + fee
-                pnl = units * (price - book.entry_price) - fees
-                closed = paper.ClosedTrade(
-                    entry_ms=book.entry_ms, exit_ms=last_ms, units=units,
-                    entry_price=book.entry_price, exit_price=price, fees=fees, pnl=pnl,
-                    ret=pnl / (book.committed * share), reason=order.reason,
-                )  # fmt: skip
-                record_trade(order, closed)
-                if pnl < 0 and bot.cooldown_candles:
-                    # The paper path's rule, at the time the loss is known (after the fill):
-                    # no entry for ``cooldown_candles`` candles.
-                    bot.risk_state = {
-                        **(bot.risk_state or {}),
-                        "cooldown_left": bot.cooldown_candles,
-                    }
-                book.units -= units
-                book.entry_fee -= book.entry_fee * share
-                book.committed -= book.committed * share
-                if book.units <= 1e-12:
-                    book = paper.PaperBook(cash=book.cash)
+            self._book_sell(bot, order, book, gross, cost, base_fee, quote_fee, other_fee,
+                            price, last_ms)  # fmt: skip
+        if book.long and self._unsellable(book.units, price):
+            book.to_dust()
+            record_dust(
+                bot, f"dust: {book.dust:.8g} {base} below the market's minimum order kept "
+                "after the fill", book, time_ms=last_ms,
+            )  # fmt: skip
         bot.paper_book = book.to_dict()
         bot.cash = to_decimal(book.cash)
         bot.equity = to_decimal(book.equity(price))
         bot.save(update_fields=["paper_book", "risk_state", "cash", "equity", "updated_at"])
-        Position.objects.update_or_create(bot=bot, defaults=position_fields(book, price))
+        position = position_fields(book, price)
+        Position.objects.update_or_create(bot=bot, defaults=position)
         publish_on_commit(
             f"trade_updates:{bot.pk}",
             {"type": "portfolio.updated", "bot_id": bot.pk, "time_ms": last_ms,
              "cash": book.cash, "equity": book.equity(price), "position": book.units,
-             "entry_price": book.entry_price if book.long else None, "mark_price": price},
+             "entry_price": book.entry_price if book.long else None, "mark_price": price,
+             "unrealized_pnl": float(position["unrealized_pnl"]), "dust": book.dust},
         )  # fmt: skip
+
+    @staticmethod
+    def _book_sell(  # noqa: PLR0917 - the order's totals, as _book computed them
+        bot: Bot, order: Order, book: paper.PaperBook, gross: float, cost: float,
+        base_fee: float, quote_fee: float, other_fee: float, price: float, last_ms: int,
+    ) -> None:  # fmt: skip
+        """A sell's fills: the quote received less a fee in it to the cash; the round trip
+        of the coin that left the position (money out less money in)."""
+        out = gross + base_fee  # the coin that left the account (a fee taken in it too)
+        book.cash += cost - quote_fee
+        if book.long:
+            units = min(out, book.units)
+            share = units / book.units
+            fees = book.entry_fee * share + quote_fee + other_fee + base_fee * price
+            pnl = units * (price - book.entry_price) - fees
+            closed = paper.ClosedTrade(
+                entry_ms=book.entry_ms, exit_ms=last_ms, units=units,
+                entry_price=book.entry_price, exit_price=price, fees=fees, pnl=pnl,
+                ret=pnl / (book.committed * share), reason=order.reason,
+            )  # fmt: skip
+            record_trade(order, closed)
+            if pnl < 0 and bot.cooldown_candles:
+                # The paper path's rule, at the time the loss is known (after the fill): no
+                # entry for ``cooldown_candles`` candles.
+                bot.risk_state = {**(bot.risk_state or {}), "cooldown_left": bot.cooldown_candles}
+            book.units -= units
+            book.entry_fee -= book.entry_fee * share
+            book.committed -= book.committed * share
+            out -= units
+            if book.units <= 1e-12:
+                book.clear_position()
+        if out > 1e-12 and book.dust:  # sold beyond the position: out of the dust
+            book.dust = max(book.dust - out, 0.0)
+
+    def _unsellable(self, units: float, price: float) -> bool:
+        """A position the exchange would not take as an exit (markets unreachable: False)."""
+        try:
+            return self.minimum_problem(self.floor_amount(units), price) is not None
+        except ccxt.BaseError:
+            return False
 
     # --- exchange queries -------------------------------------------------------------------
     def lookup(self, order: Order) -> Answer | None:
@@ -559,6 +720,52 @@ class CcxtBroker(Broker):
         bot.reconciled_at = None
         bot.save(update_fields=["reconciled_at", "updated_at"])
         reconcile_bot(bot, broker=self)
+
+
+def _book_buy(  # noqa: PLR0917 - the order's totals, as CcxtBroker._book computed them
+    book: paper.PaperBook, gross: float, cost: float, base_fee: float, quote_fee: float,
+    other_fee: float, price: float, last_ms: int,
+) -> None:  # fmt: skip
+    """A buy's fills: the coin that reached the account (the quantity less a fee taken in
+    it) joins the position at the average fill price, the quote paid and a fee in it leave
+    the cash; every fee valued in quote is the entry's fee."""
+    held = gross - base_fee
+    book.cash -= cost + quote_fee
+    # Added to a position already held (an adopted order): the average entry.
+    total = book.units + held
+    if total > 0.0:
+        book.entry_price = (book.units * book.entry_price + held * price) / total
+    book.units = total
+    book.entry_fee += price * base_fee + quote_fee + other_fee
+    book.committed += cost + quote_fee + other_fee
+    book.extreme = max(book.extreme, price)
+    book.entry_ms = book.entry_ms or last_ms
+    book.merge_dust()  # dust held goes out with this position
+
+
+def trade_fee(trade: dict[str, Any]) -> tuple[float, str]:
+    """``(cost, currency)`` of a ccxt trade's fee, as the exchange charged it (``fees`` when
+    ccxt lists several: their total in the first non-empty one's currency, the others being
+    the same asset in every case the exchanges we know report); ``(0.0, "")`` without one."""
+    entries = [f for f in (trade.get("fees") or []) if f and f.get("cost")]
+    if not entries and trade.get("fee") and trade["fee"].get("cost"):
+        entries = [trade["fee"]]
+    if not entries:
+        return 0.0, ""
+    currency = str(entries[0].get("currency") or "")
+    cost = sum(float(f["cost"]) for f in entries if (f.get("currency") or "") == currency)
+    return cost, currency
+
+
+def record_dust(bot: Bot, detail: str, book: paper.PaperBook, *, time_ms: int) -> None:
+    """A position that became dust: a ``BotEvent`` and an event on the bot's channel."""
+    data = {"dust": book.dust, "time_ms": time_ms}
+    BotEvent.objects.create(bot_id=bot.pk, kind=BotEvent.Kind.DUST, message=detail, data=data)
+    logger.info("bot %s: %s", bot.pk, detail)
+    publish_on_commit(
+        f"trade_updates:{bot.pk}", {"type": "position.dust", "bot_id": bot.pk,
+                                    "message": detail, **data},
+    )  # fmt: skip
 
 
 def _signal_not_executed(order_id: int, reason: str) -> None:

@@ -148,6 +148,12 @@ class Bot(models.Model):
         help_text="Fraction of the day's starting equity; reaching it pauses the bot.",
     )  # fmt: skip
     fee = models.FloatField(default=0.001, validators=FRACTION, help_text="Fraction of notional.")
+    fee_in_base = models.BooleanField(
+        default=False,
+        help_text="The exchange takes a buy's fee from the coin bought (Binance's rule unless "
+        "fees are paid in BNB): an entry spends the whole committed cash, and paper trading, "
+        "backtests and the parity check model the fee that way.",
+    )
     slippage = models.FloatField(default=0.0, validators=FRACTION, help_text="Fraction of price.")
 
     status = models.CharField(
@@ -193,6 +199,7 @@ class Bot(models.Model):
         return {
             "cash": float(self.capital), "fee": self.fee, "slippage": self.slippage,
             "size": self.max_position_fraction, "fill": "next_open", "allow_short": False,
+            "fee_in_base": self.fee_in_base,
             "stop_loss": self.stop_loss, "take_profit": self.take_profit,
             "trailing_stop": self.trailing_stop,
         }  # fmt: skip
@@ -304,7 +311,13 @@ class Fill(models.Model):
     side = models.CharField(max_length=4, choices=Order.Side.choices)
     quantity = models.DecimalField(**PRICE)
     price = models.DecimalField(**PRICE)
-    fee = models.DecimalField(**PRICE)
+    fee = models.DecimalField(
+        **PRICE, help_text="The fee valued in the quote currency at the fill (for P&L)."
+    )
+    # The fee as the exchange charged it: in the quote currency, the coin bought, or a third
+    # asset such as BNB (ccxt's ``fee.cost`` and ``fee.currency``).
+    fee_cost = models.DecimalField(**PRICE, default=0, help_text="In ``fee_currency``.")
+    fee_currency = models.CharField(max_length=16, blank=True)
     exchange_trade_id = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -360,6 +373,12 @@ class Position(models.Model):
     entry_time = models.DateTimeField(null=True, blank=True)
     mark_price = models.DecimalField(**PRICE, null=True, blank=True)
     unrealized_pnl = models.DecimalField(**PRICE, default=0)
+    dust = models.DecimalField(
+        **PRICE, default=0,
+        help_text="Coin held below the exchange's minimum order (amount, lot step or "
+        "notional): never sent, never blocks an entry; sold with the next exit that reaches "
+        "the minimum. Not part of quantity.",
+    )  # fmt: skip
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = BotOwnedQuerySet.as_manager()
@@ -383,6 +402,9 @@ class BotEvent(models.Model):
         RECONCILED = "reconciled", "Reconciled with the exchange"
         RECONCILE_FAILED = "reconcile_failed", "Reconciliation failed"
         STOP_DEFERRED = "stop_deferred", "Stop exit not sent (an order is unsettled)"
+        DUST = "dust", "Position below the exchange's minimum (dust)"
+        BALANCE_MISMATCH = "balance_mismatch", "Position differs from the account's balance"
+        BALANCE_RESOLVED = "balance_resolved", "Position agrees with the account's balance again"
 
     bot = models.ForeignKey(Bot, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=16, choices=Kind.choices)

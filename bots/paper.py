@@ -8,6 +8,11 @@ bit-identical to ``run_backtest`` on the same candles and signals:
 * an order decided on candle ``i``'s close fills at candle ``i + 1``'s open (``buy``/``sell``),
   ``slippage`` against us, ``fee`` a fraction of the notional, entry size
   ``units = cash * size / (fill * (1 + fee))``;
+* with ``fee_in_base`` (``buy``'s option, the engine's ``EngineOptions.fee_in_base``) the buy's
+  fee is taken from the coin bought instead of the cash, in the kernel's float order (the
+  engine's module docstring, "Prices and costs"): ``gross = cash * size / fill`` bought,
+  ``units = gross - gross * fee`` held, the cash less ``gross * fill``, the fee recorded
+  ``gross * fee * fill``; a sell's fee stays in the quote currency;
 * then the stops of candle ``i + 1`` (``stop_exit``): stop-loss or trailing stop first, then the
   take-profit, each at its level or at a gapped open;
 * then the trailing extreme takes in the candle's high (``take_in_high``).
@@ -32,6 +37,13 @@ class PaperBook:
     ``entry_price`` and ``entry_fee`` are those of the entry fill; ``committed`` the equity put
     in at entry (``units * entry_price * (1 + fee)``, the base of a trade's return); ``extreme``
     the highest high since entry (trailing stop); ``entry_ms`` the entry candle's close time.
+
+    Live bots only (zero, and absent from ``to_dict``, on paper): ``dust`` is coin held below
+    the exchange's minimum order, kept apart from the position (the bot is flat with it) and
+    carried with its cost basis (``dust_price``, ``dust_fee``, ``dust_committed``: the share of
+    the entry it came from) until an entry or an exit takes it back in (``merge_dust``);
+    ``other_fees`` the fees paid in a third asset (BNB), valued in the quote currency at their
+    fills: they are in the trades' P&L but never moved the cash, so the equity subtracts them.
     """
 
     cash: float
@@ -41,20 +53,73 @@ class PaperBook:
     committed: float = 0.0
     extreme: float = 0.0
     entry_ms: int = 0
+    dust: float = 0.0
+    dust_price: float = 0.0
+    dust_fee: float = 0.0
+    dust_committed: float = 0.0
+    other_fees: float = 0.0
 
     @property
     def long(self) -> bool:
         return self.units > 0.0
 
+    @property
+    def held(self) -> float:
+        """The coin the bot holds: the position and its dust."""
+        return self.units + self.dust
+
     def equity(self, close: float) -> float:
-        """Cash plus the position at ``close`` (the engine's ``cash + side * units * close``)."""
+        """Cash plus the position at ``close`` (the engine's ``cash + side * units * close``),
+        plus the dust at ``close`` and less the third-asset fees of a live bot (terms added only
+        when present, so that a paper book's value is the engine's to the bit)."""
         side = 1.0 if self.long else 0.0
-        return self.cash + side * self.units * close
+        value = self.cash + side * self.units * close
+        if self.dust:
+            value += self.dust * close
+        if self.other_fees:
+            value -= self.other_fees
+        return value
+
+    def merge_dust(self) -> None:
+        """Take the dust back into the position (an exit sells it along, an entry adds it to
+        the new position): the average entry price, and the dust's fee and committed equity
+        added, so that the round trip's P&L counts the dust's cost."""
+        if not self.dust:
+            return
+        total = self.units + self.dust
+        self.entry_price = (self.units * self.entry_price + self.dust * self.dust_price) / total
+        self.entry_fee += self.dust_fee
+        self.committed += self.dust_committed
+        self.extreme = max(self.extreme, self.dust_price)
+        self.units = total
+        self.dust = self.dust_price = self.dust_fee = self.dust_committed = 0.0
+
+    def clear_position(self) -> None:
+        """Flat: the position's fields zero (cash, dust and third-asset fees kept)."""
+        self.units = self.entry_price = self.entry_fee = self.committed = self.extreme = 0.0
+        self.entry_ms = 0
+
+    def to_dust(self) -> None:
+        """The whole position becomes dust (unsellable): the book is flat, the coin and its
+        cost basis are kept apart."""
+        if not self.long:
+            return
+        total = self.units + self.dust
+        self.dust_price = (self.units * self.entry_price + self.dust * self.dust_price) / total
+        self.dust_fee += self.entry_fee
+        self.dust_committed += self.committed
+        self.dust = total
+        self.clear_position()
 
     def to_dict(self) -> dict:
         """JSON-native; floats survive a JSON round trip exactly (shortest repr). (``asdict``'s
-        result, without its recursive copy: every field is a plain number.)"""
-        return {name: getattr(self, name) for name in _BOOK_FIELDS}
+        result, without its recursive copy: every field is a plain number.) The live-only
+        fields are left out while zero."""
+        data = {name: getattr(self, name) for name in _BOOK_FIELDS}
+        for name in _LIVE_FIELDS:
+            if not data[name]:
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> PaperBook:
@@ -66,10 +131,12 @@ class PaperBook:
             committed=float(data.get("committed", 0.0)),
             extreme=float(data.get("extreme", 0.0)),
             entry_ms=int(data.get("entry_ms", 0)),
+            **{name: float(data.get(name, 0.0)) for name in _LIVE_FIELDS},
         )
 
 
 _BOOK_FIELDS = tuple(f.name for f in fields(PaperBook))
+_LIVE_FIELDS = ("dust", "dust_price", "dust_fee", "dust_committed", "other_fees")
 
 
 @dataclass(frozen=True)
@@ -100,27 +167,48 @@ class ClosedTrade:
 
 
 def buy(
-    book: PaperBook, price: float, *, fee: float, slippage: float, size: float, time_ms: int
+    book: PaperBook,
+    price: float,
+    *,
+    fee: float,
+    slippage: float,
+    size: float,
+    time_ms: int,
+    fee_in_base: bool = False,
 ) -> PaperFill | None:
     """Open a long from flat at market ``price``; None (nothing bought) when the committed
-    amount ``cash * size`` is not positive or the book is already long (no pyramiding)."""
+    amount ``cash * size`` is not positive or the book is already long (no pyramiding).
+
+    ``fee_in_base``: the exchange keeps ``fee`` of the coin bought (``fee`` below 1, as
+    ``EngineOptions`` requires); the book holds the rest, and the fill reports the coin the order
+    bought (``gross``, the exchange's executed amount) with the fee valued in quote at the fill.
+    Each line is the engine's ``_entry_nb``, in its order: keep them identical."""
     if book.long:
         return None
     committed = book.cash * size
     if not committed > 0.0:
         return None
     fill = price * (1.0 + slippage)
-    units = committed / (fill * (1.0 + fee))
-    notional = units * fill
-    paid = notional * fee
-    book.cash = book.cash - notional - paid
+    if fee_in_base:
+        gross = committed / fill
+        kept = gross * fee
+        units = gross - kept
+        paid = kept * fill
+        book.cash = book.cash - gross * fill
+        bought = gross
+    else:
+        units = committed / (fill * (1.0 + fee))
+        notional = units * fill
+        paid = notional * fee
+        book.cash = book.cash - notional - paid
+        bought = units
     book.units = units
     book.entry_price = fill
     book.entry_fee = paid
     book.committed = committed
     book.extreme = fill
     book.entry_ms = time_ms
-    return PaperFill("buy", units, fill, paid, time_ms)
+    return PaperFill("buy", bought, fill, paid, time_ms)
 
 
 def sell(

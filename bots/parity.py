@@ -13,12 +13,23 @@ compares bar by bar:
 
 A difference in fills right after a signal the bot's risk rules refused (cooldown, daily loss,
 exposure, kill switch) is reported with that reason: the backtest has no such rules.
+
+A live bot is replayed as the exchange traded it (``_LiveFills``): each of its fills is keyed
+by the candle its order belongs to (a signal's order fills at the next candle, a stop's in the
+candle that triggered it), the backtest fills at the exchange's average fill price instead of
+the candle's open (no slippage: it is in the price) and takes a buy's fee from the coin bought
+when the exchange did (its buy fills' fee asset; the bot's ``fee_in_base`` before any buy).
+Quantities then differ only by the exchange's lot step (an entry rounded down, an exit's dust):
+up to two lot steps, plus one per earlier round trip for the cash and dust they carried. A stop
+exit fills at the market, not at its level: its price difference is listed as a note (its
+quantity is still compared). The largest relative difference between the exchange's prices and
+the candles' opens is reported as ``max_price_deviation``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -43,6 +54,7 @@ class ParityReport:
     bot_fills: int = 0
     backtest_fills: int = 0
     max_price_deviation: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -62,6 +74,7 @@ class ParityReport:
         ]
         out += [f"  signal mismatch {line}" for line in self.signal_mismatches]
         out += [f"  fill mismatch {line}" for line in self.fill_mismatches]
+        out += [f"  note {line}" for line in self.notes]
         out.append("PARITY OK" if self.ok else "PARITY MISMATCH")
         return out
 
@@ -97,18 +110,98 @@ def parity_check(bot: Bot, *, tolerance: float = 1e-9) -> ParityReport:
     signals[frame.index < pd.Timestamp(first)] = 0
     options = EngineOptions(**bot.engine_options())
     close = frame["close"].to_numpy(dtype=np.float64)
+    open_ = frame["open"].to_numpy(dtype=np.float64)
+    times_ms = frame.index.as_unit("ms").asi8
+    report.first_ms, report.last_ms = datetime_to_ms(first), datetime_to_ms(last)
+    live = _LiveFills.load(bot, times_ms) if bot.mode == Bot.Mode.LIVE else None
+    if live is not None:
+        open_ = live.replay_opens(open_, report)
+        options = replace(options, slippage=0.0, fee_in_base=live.fee_in_base)
     simulation = simulate(
-        frame["open"].to_numpy(dtype=np.float64), frame["high"].to_numpy(dtype=np.float64),
+        open_, frame["high"].to_numpy(dtype=np.float64),
         frame["low"].to_numpy(dtype=np.float64), close, signals, options=options,
     )  # fmt: skip
     result = build_result(
         frame.index, close, signals, simulation, options, strategy=cls.name, parameters=params
     )
-    times_ms = frame.index.as_unit("ms").asi8
-    report.first_ms, report.last_ms = datetime_to_ms(first), datetime_to_ms(last)
     refused = _diff_signals(report, decided, times_ms, signals)
-    _diff_fills(report, bot, result.trades, refused, tolerance)
+    _diff_fills(report, bot, result.trades, refused, tolerance, live)
     return report
+
+
+@dataclass
+class _LiveFills:
+    """A live bot's fills by (candle close ms, side) as the backtest would stamp them: the
+    gross quantity, the coin it moved (a buy's quantity less a fee taken in the coin), the
+    average price, and the order's reason."""
+
+    rows: dict[tuple[int, str], tuple[float, float, float, str]]
+    fee_in_base: bool
+    lot: float
+    times_ms: np.ndarray
+
+    @classmethod
+    def load(cls, bot: Bot, times_ms: np.ndarray) -> _LiveFills:
+        position = {int(t): i for i, t in enumerate(times_ms.tolist())}
+        base = bot.instrument.base
+        sums: dict[int, list[float]] = {}
+        orders: dict[int, tuple[int, str, str]] = {}
+        fee_assets = []
+        for fill in Fill.objects.filter(bot=bot).select_related("order").order_by("time", "id"):
+            order = fill.order
+            quantity, price = float(fill.quantity), float(fill.price)
+            row = sums.setdefault(order.pk, [0.0, 0.0, 0.0])
+            row[0] += quantity
+            row[1] += quantity * price
+            if fill.fee_currency == base:
+                row[2] += float(fill.fee_cost)
+            if fill.side == "buy" and fill.fee_cost:
+                fee_assets.append(fill.fee_currency == base)
+            orders[order.pk] = (datetime_to_ms(order.time), order.reason, fill.side)
+        rows = {}
+        for pk, (gross, notional, base_fee) in sums.items():
+            decided_ms, reason, side = orders[pk]
+            i = position.get(decided_ms)
+            if i is None:
+                continue
+            # A signal's order fills at the next candle's open in the backtest; a stop exit in
+            # the candle that triggered it.
+            j = i + 1 if reason == "signal" else i
+            if j >= len(times_ms):
+                continue
+            moved = gross - base_fee if side == "buy" else gross
+            rows[(int(times_ms[j]), side)] = (gross, moved, notional / gross, reason)
+        fee_in_base = fee_assets[0] if fee_assets else bot.fee_in_base
+        return cls(rows=rows, fee_in_base=fee_in_base, lot=_lot_step(bot), times_ms=times_ms)
+
+    def replay_opens(self, open_: np.ndarray, report: ParityReport) -> np.ndarray:
+        """The opens with each signal fill's bar opening at the exchange's price; the largest
+        relative difference between the two into ``report``."""
+        out = open_.copy()
+        position = {int(t): i for i, t in enumerate(self.times_ms.tolist())}
+        for (ms, _side), (_gross, _moved, price, reason) in self.rows.items():
+            if reason != "signal":
+                continue
+            i = position[ms]
+            if open_[i]:
+                deviation = abs(price - open_[i]) / abs(open_[i])
+                report.max_price_deviation = max(report.max_price_deviation, deviation)
+            out[i] = price
+        return out
+
+
+def _lot_step(bot: Bot) -> float:
+    """The market's amount precision (lot step) from ccxt's market data, 1e-8 when the
+    exchange cannot be asked."""
+    from bots.live import client_for  # ccxt is imported only where live trading happens
+
+    try:
+        client = client_for(bot.account)
+        client.load_markets()
+        step = (client.market(bot.instrument.symbol).get("precision") or {}).get("amount")
+    except Exception:  # noqa: BLE001 - any failure: the finest lot Binance-like exchanges use
+        return 1e-8
+    return float(step) if step else 1e-8
 
 
 def _iso(ms: int) -> str:
@@ -141,12 +234,13 @@ def _diff_signals(
     return refused
 
 
-def _diff_fills(
+def _diff_fills(  # noqa: PLR0917 - the report, then what it compares
     report: ParityReport,
     bot: Bot,
     trades: pd.DataFrame,
     refused: dict[int, str],
     tolerance: float,
+    live: _LiveFills | None = None,
 ) -> None:
     expected: dict[tuple[int, str], tuple[float, float]] = {}
     for trade in trades.itertuples(index=False):
@@ -156,13 +250,19 @@ def _diff_fills(
             exit_ms = int(pd.Timestamp(trade.exit_time).value // 1_000_000)
             expected[(exit_ms, "sell")] = (float(trade.size), float(trade.exit_price))
     last = None if report.last_ms is None else ms_to_datetime(report.last_ms)
-    actual: dict[tuple[int, str], tuple[float, float]] = {
-        (datetime_to_ms(t), side): (float(q), float(p))
-        for t, side, q, p in Fill.objects.filter(bot=bot, time__lte=last).values_list(
-            "time", "side", "quantity", "price"
-        )
-    }
+    if live is None:
+        actual: dict[tuple[int, str], tuple[float, float]] = {
+            (datetime_to_ms(t), side): (float(q), float(p))
+            for t, side, q, p in Fill.objects.filter(bot=bot, time__lte=last).values_list(
+                "time", "side", "quantity", "price"
+            )
+        }
+        reasons: dict[tuple[int, str], str] = {}
+    else:
+        actual = {key: (moved, price) for key, (_gross, moved, price, _) in live.rows.items()}
+        reasons = {key: row[3] for key, row in live.rows.items()}
     report.bot_fills, report.backtest_fills = len(actual), len(expected)
+    trips = 0  # round trips closed before the fill compared (the lot rounding they carry)
     for key in sorted(set(expected) | set(actual)):
         ms, side = key
         why = f" (bot's risk rules: {refused[ms]})" if ms in refused else ""
@@ -178,9 +278,38 @@ def _diff_fills(
             )
         else:
             (eq, ep), (aq, ap) = expected[key], actual[key]
-            deviation = abs(ap - ep) / abs(ep) if ep else abs(ap)
-            report.max_price_deviation = max(report.max_price_deviation, deviation)
-            if not (_close(aq, eq, tolerance) and _close(ap, ep, tolerance)):
+            if live is None:
+                deviation = abs(ap - ep) / abs(ep) if ep else abs(ap)
+                report.max_price_deviation = max(report.max_price_deviation, deviation)
+                same = _close(aq, eq, tolerance) and _close(ap, ep, tolerance)
+            else:
+                same = _same_live(report, key, expected[key], actual[key], reasons[key],
+                                  live.lot * (2 + trips), tolerance)  # fmt: skip
+            if not same:
                 report.fill_mismatches.append(
                     f"{_iso(ms)} {side}: bot {aq:.12g} @ {ap:.12g}, backtest {eq:.12g} @ {ep:.12g}"
                 )
+        if side == "sell":
+            trips += 1
+
+
+def _same_live(  # noqa: PLR0917 - one comparison's parts
+    report: ParityReport,
+    key: tuple[int, str],
+    expected: tuple[float, float],
+    actual: tuple[float, float],
+    reason: str,
+    lots: float,
+    tolerance: float,
+) -> bool:
+    """A live fill against the backtest's: the quantity within ``lots`` (lot rounding), the
+    price exact but for a stop exit, which fills at the market (a note, not a mismatch)."""
+    (eq, ep), (aq, ap) = expected, actual
+    same_quantity = abs(aq - eq) <= lots * (1 + 1e-9) + tolerance * abs(eq)
+    if reason == "signal":
+        return same_quantity and _close(ap, ep, tolerance)
+    if not _close(ap, ep, tolerance):
+        report.notes.append(
+            f"{_iso(key[0])} {key[1]}: {reason} filled at the market {ap:.12g}, its level {ep:.12g}"
+        )
+    return same_quantity

@@ -9,7 +9,15 @@ For one live bot (``reconcile_bot``):
    "not on exchange" after it;
 2. the exchange's recent orders carrying this bot's client id prefix that we have no row for
    (a crash between sending and writing) are adopted as new rows, with their fills;
-3. success sets ``Bot.reconciled_at``: a live bot trades only after one since it started.
+3. balances: the bot's booked coin (its position and dust) is compared with the account's
+   balance of that coin (free and locked) less what the account's other live bots book of it.
+   A difference beyond dust (the market's lot step, minimum amount or minimum notional) is a
+   ``balance_mismatch`` event (an error on ``system_events``) and stops the bot's entries
+   (``risk_state["balance_mismatch"]``, the ``balance`` risk check) until a reconciliation
+   finds them equal again (``balance_resolved``). While any of those bots has an order in
+   flight, or a fill is booked during the comparison, it waits for the next reconciliation:
+   the balance and the books are moving;
+4. success sets ``Bot.reconciled_at``: a live bot trades only after one since it started.
 
 A failure (exchange unreachable, bad credentials) changes nothing and is recorded as a
 ``BotEvent``, as are reconciliations that settled or adopted something and the first after a
@@ -26,12 +34,14 @@ from typing import Any
 
 import ccxt
 from django.conf import settings
-from django.db.models import Q
+from django.db import transaction
+from django.db.models import Max, Q
 from django.utils import timezone
 
+from bots import paper
 from bots.brokers import BrokerError
 from bots.live import GRACE, Answer, CcxtBroker
-from bots.models import Bot, BotEvent, Order
+from bots.models import Bot, BotEvent, Fill, Order, Position
 from marketdata.services import ms_to_datetime, to_decimal
 from tradeapp.events import publish_on_commit
 
@@ -46,6 +56,7 @@ class Outcome:
     settled: int = 0  # active orders whose status changed
     adopted: int = 0  # exchange orders we had no row for
     waiting: int = 0  # active orders still unsettled (open on the exchange, or within grace)
+    balance: str = ""  # the balance comparison: "ok", "mismatch", or why it was not made
     error: str = ""
 
     @property
@@ -69,6 +80,7 @@ def reconcile_bot(
         broker = broker or CcxtBroker(bot)
         _settle(bot, broker, grace, outcome)
         _adopt(bot, broker, outcome)
+        _compare_balance(bot, broker, outcome)
     except (ccxt.BaseError, BrokerError) as exc:
         outcome.error = broker.error_text(exc) if broker is not None else str(exc)
         logger.warning("bot %s: reconciliation failed: %s", bot.pk, outcome.error)
@@ -129,6 +141,97 @@ def _adopt(bot: Bot, broker: CcxtBroker, outcome: Outcome) -> None:
         )  # fmt: skip
         broker.apply(order.pk, Answer(data, broker.trades_of(data)))
         outcome.adopted += 1
+
+
+def _holdings(bot: Bot, base: str) -> tuple[dict[int, float], bool, int]:
+    """What the live bots of ``bot``'s account book of ``base`` (their position and dust, by
+    bot), whether any of them has an order in flight, and their newest fill's id."""
+    bots = Bot.objects.filter(account_id=bot.account_id, mode=Bot.Mode.LIVE,
+                              instrument__base=base)  # fmt: skip
+    held = {
+        pk: paper.PaperBook.from_dict(book or {"cash": 0.0}).held
+        for pk, book in bots.values_list("pk", "paper_book")
+    }
+    active = Order.objects.filter(bot__in=bots, status__in=Order.ACTIVE).exists()
+    newest = Fill.objects.filter(bot__in=bots).aggregate(newest=Max("id"))["newest"] or 0
+    return held, active, newest
+
+
+def _dust_tolerance(broker: CcxtBroker, price: float | None) -> float:
+    """The largest difference that is dust: the lot step, the minimum amount, and the
+    minimum notional at ``price``, whichever is largest (a hair more for float noise)."""
+    market = broker.market()
+    limits = market.get("limits") or {}
+    tolerance = max(
+        float((market.get("precision") or {}).get("amount") or 0.0),
+        float((limits.get("amount") or {}).get("min") or 0.0),
+    )
+    min_cost = float((limits.get("cost") or {}).get("min") or 0.0)
+    if price:
+        tolerance = max(tolerance, min_cost / price)
+    return tolerance * (1 + 1e-9) + 1e-12
+
+
+def _compare_balance(bot: Bot, broker: CcxtBroker, outcome: Outcome) -> None:
+    """Step 3 of the module docstring."""
+    base = bot.instrument.base
+    before = _holdings(bot, base)
+    if before[1]:
+        outcome.balance = "waiting: an order is in flight"
+        return
+    balance = broker.client.fetch_balance()
+    after = _holdings(bot, base)
+    if after != before:
+        outcome.balance = "waiting: a fill was booked meanwhile"
+        return
+    held = after[0]
+    booked = held.get(bot.pk, 0.0)
+    others = sum(amount for pk, amount in held.items() if pk != bot.pk)
+    account = float((balance.get("total") or {}).get(base) or 0.0)
+    mark = Position.objects.filter(bot_id=bot.pk).values_list("mark_price", flat=True).first()
+    tolerance = _dust_tolerance(broker, float(mark) if mark else None)
+    difference = account - others - booked
+    with transaction.atomic():
+        locked = Bot.objects.select_for_update().get(pk=bot.pk)
+        state = dict(locked.risk_state or {})
+        was = state.get("balance_mismatch")
+        if abs(difference) <= tolerance:
+            outcome.balance = "ok"
+            if was is None:
+                return
+            state.pop("balance_mismatch")
+            kind, severity = BotEvent.Kind.BALANCE_RESOLVED, "info"
+            message = (
+                f"balance agrees again: the bot books {booked:.8g} {base}, the account holds "
+                f"{account:.8g} {base} ({others:.8g} booked by its other bots); entries resume"
+            )
+        else:
+            outcome.balance = "mismatch"
+            message = (
+                f"balance mismatch: the bot books {booked:.8g} {base} but the account holds "
+                f"{account:.8g} {base} of which its other live bots book {others:.8g}: "
+                f"{difference:+.8g} {base} beyond dust ({tolerance:.8g}); no entries until "
+                "they agree"
+            )
+            if was is not None and abs(was.get("difference", 0.0) - difference) <= tolerance:
+                return  # reported already, unchanged
+            kind, severity = BotEvent.Kind.BALANCE_MISMATCH, "error"
+            state["balance_mismatch"] = {
+                "message": message, "asset": base, "booked": booked, "account": account,
+                "other_bots": others, "difference": difference, "tolerance": tolerance,
+                "since": timezone.now().isoformat(),
+            }  # fmt: skip
+        locked.risk_state = state
+        locked.save(update_fields=["risk_state", "updated_at"])
+        bot.risk_state = state
+        data = {"asset": base, "booked": booked, "account": account, "other_bots": others,
+                "difference": difference, "tolerance": tolerance}  # fmt: skip
+        BotEvent.objects.create(bot_id=bot.pk, kind=kind, message=message, data=data)
+        (logger.error if severity == "error" else logger.info)("bot %s: %s", bot.pk, message)
+        payload = {"bot_id": bot.pk, "owner_id": bot.owner_id, "severity": severity,
+                   "message": message, **data}  # fmt: skip
+        publish_on_commit(f"trade_updates:{bot.pk}", {"type": f"bot.{kind}", **payload})
+        publish_on_commit("system_events", {"type": f"bot.{kind}", **payload})
 
 
 def _reason(client_id: str) -> str:

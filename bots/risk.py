@@ -14,6 +14,9 @@ checks for one signal and returns each with its outcome, for the decision log:
 ``exposure``
     the owner's budget across all bots: the notional of their other bots' positions plus this
     entry (``cash * max_position_fraction``) may not exceed ``exposure_budget``.
+``balance``
+    a live bot whose booked position differs from its exchange account's balance by more
+    than dust (``bots.reconcile``) makes no entry until a reconciliation finds them equal.
 ``equity``
     an entry needs positive cash to commit.
 
@@ -49,6 +52,8 @@ class EntryContext:
     cooldown_left: int = 0
     exposure_other: float = 0.0
     exposure_budget: float | None = None
+    # Set (why) while a live bot's booked position differs from its account's balance.
+    balance_mismatch: str = ""
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,8 @@ def assess(action: str, ctx: EntryContext, limits: RiskLimits) -> Assessment:
                 f"budget {_money(ctx.exposure_budget)}",
             )
         )
+    if ctx.balance_mismatch:
+        checks.append(Check("balance", False, ctx.balance_mismatch))
     checks.append(Check("equity", notional > 0.0, f"cash to commit {_money(notional)}"))
     failed = [check for check in checks if not check.passed]
     if failed:

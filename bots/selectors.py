@@ -9,7 +9,7 @@ from typing import Any
 
 from django.db.models import Count, OuterRef, QuerySet, Subquery, Sum
 
-from bots.models import Bot, BotEvent, Position, Signal, Trade
+from bots.models import Bot, BotEvent, Order, Position, Signal, Trade
 from marketdata.models import Candle
 from marketdata.selectors import candles_frame
 from marketdata.services import datetime_to_ms
@@ -44,6 +44,7 @@ def _book(bot: Bot, position: Position | None, closed: dict[str, Any]) -> dict[s
         "entry_price": _money(position.entry_price) if position else None,
         "mark_price": _money(position.mark_price) if position else None,
         "unrealized_pnl": _money(position.unrealized_pnl) if position else "0",
+        "dust": _money(position.dust) if position else "0",
         "realized_pnl": _money(closed["pnl"] or Decimal(0)),
         "fees": _money(closed["fees"] or Decimal(0)),
         "trades": closed["count"],
@@ -181,9 +182,25 @@ def bot_history(bot: Bot) -> dict[str, list[Any]]:
     """The latest decisions, orders and closed trades of a bot (``HISTORY_ROWS`` each)."""
     return {
         "signals": list(Signal.objects.filter(bot=bot).order_by("-time")[:HISTORY_ROWS]),
-        "orders": list(bot.orders.order_by("-time", "-id")[:HISTORY_ROWS]),
+        "orders": with_fees(bot.orders.order_by("-time", "-id")[:HISTORY_ROWS]),
         "trades": list(Trade.objects.filter(bot=bot).order_by("-exit_time", "-id")[:HISTORY_ROWS]),
     }
+
+
+def with_fees(orders: QuerySet) -> list[Order]:
+    """``orders`` with their fees as the exchange charged them: ``fee_parts``, a list of
+    ``(amount, asset)`` per asset, and ``fee_value``, their sum valued in the quote currency
+    (one query for all their fills)."""
+    rows = list(orders.prefetch_related("fills"))
+    for order in rows:
+        parts: dict[str, Decimal] = {}
+        order.fee_value = Decimal(0)
+        for fill in order.fills.all():
+            if fill.fee_cost:
+                parts[fill.fee_currency] = parts.get(fill.fee_currency, Decimal(0)) + fill.fee_cost
+            order.fee_value += fill.fee
+        order.fee_parts = sorted(parts.items(), key=lambda part: part[0])
+    return rows
 
 
 def equity_points(bot: Bot) -> list[dict[str, Any]]:

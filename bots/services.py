@@ -74,7 +74,7 @@ logger = logging.getLogger(__name__)
 
 RISK_FIELDS = (
     "max_position_fraction", "stop_loss", "take_profit", "trailing_stop", "cooldown_candles",
-    "max_daily_loss", "fee", "slippage",
+    "max_daily_loss", "fee", "fee_in_base", "slippage",
 )  # fmt: skip
 
 
@@ -868,6 +868,10 @@ def _process_paper_bots(
         bots = [bot for bot in bots if len(todo[bot.pk])]
         if not bots:
             return counts
+        # One market for the whole batch (its fills name their fee's asset): read once.
+        instrument = Instrument.objects.get(pk=bots[0].instrument_id)
+        for bot in bots:
+            bot.instrument = instrument
         failed.update(_prepare(bots, todo, of_bot))
         state = _BatchState.load([bot for bot in bots if bot.pk not in failed], todo, candles)
         for bot in bots:
@@ -1044,6 +1048,7 @@ def _decide(
             cooldown_left=int(ctx.risk_state.get("cooldown_left", 0)),
             exposure_other=ctx.exposure_other,
             exposure_budget=ctx.budget,
+            balance_mismatch=str((ctx.risk_state.get("balance_mismatch") or {}).get("message", "")),
         ),
         ctx.limits,
     )
@@ -1071,6 +1076,13 @@ def _decide(
             else None
         ),
     )
+    check = ctx.broker.exchange_rules(order, book, close)
+    if check is not None:
+        row.risk_checks = [*row.risk_checks, check.to_dict()]
+        if not check.passed:
+            row.executed = False
+            row.no_order_reason = f"{check.name}: {check.detail}"
+            return row, None
     if not ctx.deferred:
         order.save(force_insert=True)  # the row exists before the broker sees the order
     ctx.broker.submit(order)
@@ -1088,7 +1100,9 @@ def signal_event(row: SignalRow) -> dict[str, Any]:
 
 
 BOOK_FIELDS = ["paper_book", "risk_state", "cash", "equity", "last_processed_at", "updated_at"]
-POSITION_FIELDS = ["quantity", "entry_price", "entry_time", "mark_price", "unrealized_pnl"]
+POSITION_FIELDS = [
+    "quantity", "entry_price", "entry_time", "mark_price", "unrealized_pnl", "dust",
+]  # fmt: skip
 
 
 def _book_state(
@@ -1108,7 +1122,10 @@ def _book_state(
         "type": "portfolio.updated", "bot_id": bot.pk, "time_ms": last_ms, "cash": book.cash,
         "equity": book.equity(close), "position": book.units,
         "entry_price": book.entry_price if book.long else None, "mark_price": close,
+        "unrealized_pnl": float(position["unrealized_pnl"]),
     }  # fmt: skip
+    if book.dust:
+        event["dust"] = book.dust
     return position, event
 
 
@@ -1138,8 +1155,11 @@ def bot_process_signal(*, bot_id: int, signal: Signal) -> SignalRow:
             order.signal = row
             order.save(update_fields=["signal", "updated_at"])
         publish_on_commit(f"bot_signals:{bot.pk}", signal_event(row))
+        dust = ctx.book.dust != float((bot.paper_book or {}).get("dust", 0.0))
         bot.paper_book = ctx.book.to_dict()
         bot.save(update_fields=["paper_book", "updated_at"])
+        if dust:  # a live exit found the position below the exchange's minimum
+            Position.objects.update_or_create(bot=bot, defaults=position_fields(ctx.book, close))
     return row
 
 

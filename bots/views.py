@@ -218,7 +218,7 @@ def bot_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "id": bot.pk, "name": bot.name, "status": bot.status, "mode": bot.mode,
             "strategy": bot.strategy, "symbol": bot.instrument.symbol,
             "instrument_id": bot.instrument_id, "timeframe": bot.timeframe,
-            "capital": float(bot.capital), "fee": bot.fee,
+            "capital": float(bot.capital), "fee": bot.fee, "base": bot.instrument.base,
             "realized_equity": float(bot.capital) + float(portfolio["realized_pnl"]),
         },
         "streams": {

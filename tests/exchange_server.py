@@ -19,9 +19,27 @@ Signed spot trading (``add_account``): ``/api/v3/account``, ``/order`` (POST, GE
 ``/openOrders``, ``/allOrders`` and ``/myTrades`` check ``X-MBX-APIKEY`` and the HMAC-SHA256
 signature of the exact query string or form body, as Binance does, and keep balances, orders
 and trades per account. MARKET orders fill at once, in one fill, at the symbol's last trade
-price (no book depth); LIMIT orders rest (``NEW``, balance locked) until cancelled: there is no
-matching. The commission (``COMMISSION`` of the notional) is charged in the quote asset.
-``drop_next_order_response`` makes the exchange accept an order but never answer its request.
+price (no book depth; ``set_price`` pins it, ``live_rate=0`` keeps it); LIMIT orders rest
+(``NEW``, balance locked) until cancelled: there is no matching. ``drop_next_order_response``
+makes the exchange accept an order but never answer its request.
+
+Commissions follow the account's ``fee_mode`` (``add_account``), each fill's rounded to 8
+decimals as Binance prints it, and shown by ``commissionAsset`` in the order's ``fills`` and in
+``/myTrades``:
+
+* ``"quote"`` (the default): ``COMMISSION`` of the notional in the quote asset, on buys and
+  sells; a buy locks its notional plus that commission.
+* ``"base"``: Binance's own default, "the fee is taken from the asset you receive": a BUY pays
+  ``qty * COMMISSION`` of the base asset (it receives ``qty`` minus that and pays exactly
+  ``qty * price``), a SELL pays ``COMMISSION`` of the notional out of the quote it receives.
+* ``"bnb"``: "use BNB to pay for fees": ``BNB_COMMISSION`` of the notional, converted at the
+  BNB/USDT last price (the server needs the ``"BNB/USDT"`` symbol), taken from the free BNB;
+  a fill whose BNB commission the free BNB cannot pay falls back to the ``"base"`` rule.
+
+Orders pass Binance's filters as ``exchangeInfo`` reports them, set per server
+(``lot_step``, ``min_qty``, ``min_notional``): a quantity off the LOT_SIZE step or below its
+minQty is refused ``-1013 Filter failure: LOT_SIZE``, a notional below minNotional
+``-1013 Filter failure: NOTIONAL``.
 """
 
 from __future__ import annotations
@@ -37,13 +55,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from decimal import ROUND_DOWN, Decimal
+from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import WSMsgType, web
 
-MARKETS = {"BTC/USDT": ("BTC", "USDT", 30_000_00), "ETH/USDT": ("ETH", "USDT", 2_000_00)}
+MARKETS = {  # symbol -> (base, quote, first price in cents)
+    "BTC/USDT": ("BTC", "USDT", 30_000_00), "ETH/USDT": ("ETH", "USDT", 2_000_00),
+    "BNB/USDT": ("BNB", "USDT", 600_00),
+}  # fmt: skip
+DEFAULT_SYMBOLS = ("BTC/USDT", "ETH/USDT")  # a server's books unless ``symbols`` says
 TIMEFRAMES_MS = {
     "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
     "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "6h": 21_600_000, "8h": 28_800_000,
@@ -62,7 +84,8 @@ FIELDS = {  # generic name -> field name in aggTrades and /trades rows, WS trade
     "trade": {"id": "t", "price": "p", "qty": "q", "time": "T"},
     "aggTrade": {"id": "a", "price": "p", "qty": "q", "time": "T"},
 }  # fmt: skip
-FILTERS = [  # what ccxt derives precision (price 0.01, amount 1e-5) and limits from
+FILTERS = [  # the default filters; what ccxt derives precision (price 0.01, amount 1e-5)
+    # and limits from (a server reports its own lot_step, min_qty and min_notional)
     {"filterType": "PRICE_FILTER", "minPrice": "0.01000000", "maxPrice": "1000000.00000000",
      "tickSize": "0.01000000"},
     {"filterType": "LOT_SIZE", "minQty": "0.00001000", "maxQty": "9000.00000000",
@@ -80,9 +103,12 @@ ERROR_BODIES = {
 }  # fmt: skip
 
 
-COMMISSION = Decimal("0.001")  # of the notional, in the quote asset
-LOT = Decimal("0.00001")  # LOT_SIZE stepSize
-MIN_NOTIONAL = Decimal(5)
+COMMISSION = Decimal("0.001")  # of the notional (fee modes "quote", "base": of the quantity)
+BNB_COMMISSION = Decimal("0.00075")  # of the notional, paid in BNB (fee mode "bnb": 25% off)
+FEE_MODES = ("quote", "base", "bnb")
+LOT = Decimal("0.00001")  # the default LOT_SIZE stepSize and minQty
+MIN_NOTIONAL = Decimal(5)  # the default NOTIONAL minNotional
+EIGHT = Decimal("1e-8")  # Binance prints amounts with 8 decimals
 INSUFFICIENT = "Account has insufficient balance for requested action."
 
 
@@ -103,10 +129,21 @@ class Account:
     locked: dict[str, Decimal] = field(default_factory=dict)
     orders: list[dict[str, Any]] = field(default_factory=list)
     trades: list[dict[str, Any]] = field(default_factory=list)
+    fee_mode: str = "quote"  # which asset pays the commission: one of FEE_MODES
 
 
 def dec(value: Decimal) -> str:
     return f"{value:.8f}"
+
+
+def to_dec(value: Any) -> Decimal:
+    """A Decimal from a str, int, float (by its repr) or Decimal."""
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def floor_to(value: Decimal, step: Decimal) -> Decimal:
+    """``value`` rounded down to a multiple of ``step`` (Binance's steps need not be 10**-n)."""
+    return (value // step) * step
 
 
 def fmt(units: int, exp: int) -> str:
@@ -159,6 +196,22 @@ class Book:
         return row
 
 
+@dataclass
+class _Deal:
+    """An order being filled at ``price``: what its fills need to settle their commission."""
+
+    account: Account
+    order: dict[str, Any]
+    price: Decimal
+    fee: Decimal  # a quote-mode buy's whole commission, locked with its notional (else 0)
+    base: str
+    quote: str
+    bnb_price: Decimal | None = None  # BNB/USDT at the order's acceptance (fee mode "bnb")
+    fee_paid: Decimal = Decimal(0)  # of ``fee``, what fills paid out of the lock so far
+    filled: dict[str, Decimal] = field(default_factory=dict)  # fee rule -> qty filled under it
+    paid: dict[str, Decimal] = field(default_factory=dict)  # fee rule -> commission paid
+
+
 class FakeBinance:
     def __init__(
         self,
@@ -167,8 +220,21 @@ class FakeBinance:
         history_s: float = 3 * 86_400,
         history_rate: float = 1.0,
         live_rate: float = 3.0,
-        symbols: Iterable[str] = tuple(MARKETS),
+        symbols: Iterable[str] = DEFAULT_SYMBOLS,
+        lot_step: Decimal | str = LOT,
+        min_qty: Decimal | str = LOT,
+        min_notional: Decimal | str = MIN_NOTIONAL,
     ) -> None:
+        """``symbols`` are keys of MARKETS; ``lot_step`` and ``min_qty`` are every symbol's
+        LOT_SIZE stepSize and minQty, ``min_notional`` its NOTIONAL minNotional (at most 8
+        decimals, as Binance prints them). ``live_rate=0``: no live trades, the last price (the
+        one MARKET orders fill at) stays until ``set_price`` or ``add_trades``."""
+        self.lot_step, self.min_qty = to_dec(lot_step), to_dec(min_qty)
+        self.min_notional = to_dec(min_notional)
+        for name, value in (("lot_step", self.lot_step), ("min_qty", self.min_qty),
+                            ("min_notional", self.min_notional)):  # fmt: skip
+            if value < 0 or value % EIGHT or (value == 0 and name == "lot_step"):
+                raise ValueError(f"{name}={value}: Binance's filters are >= 0 with 8 decimals")
         self.live_rate = live_rate
         self._rng = random.Random(seed)
         now = self.now_ms()
@@ -285,14 +351,67 @@ class FakeBinance:
         self._call(self._faults.clear)
         self._call(self._order_drops.clear)
 
-    def add_account(self, api_key: str, secret: str, balances: dict[str, Any]) -> None:
-        """A spot account for ``api_key``, signed with ``secret``, holding ``balances`` free."""
-        free = {asset: Decimal(str(amount)) for asset, amount in balances.items()}
-        self._call(lambda: self.accounts.__setitem__(api_key, Account(secret, free)))
+    def add_account(
+        self, api_key: str, secret: str, balances: dict[str, Any], *, fee_mode: str = "quote"
+    ) -> None:
+        """A spot account for ``api_key``, signed with ``secret``, holding ``balances`` free,
+        paying commissions as ``fee_mode`` says (one of FEE_MODES, see the module docstring;
+        ``"bnb"`` needs the server's ``"BNB/USDT"`` symbol for its conversion)."""
+        if fee_mode not in FEE_MODES:
+            raise ValueError(f"fee_mode={fee_mode!r}: one of {FEE_MODES}")
+        if fee_mode == "bnb" and "BNB/USDT" not in self.books:
+            raise ValueError('fee_mode="bnb" converts at BNB/USDT: add it to the symbols')
+        free = {asset: to_dec(amount) for asset, amount in balances.items()}
+        account = Account(secret, free, fee_mode=fee_mode)
+        self._call(lambda: self.accounts.__setitem__(api_key, account))
 
     def balance(self, api_key: str) -> dict[str, Decimal]:
         """Free balance per asset."""
         return self._call(lambda: dict(self.accounts[api_key].free))
+
+    def total_balance(self, api_key: str) -> dict[str, Decimal]:
+        """Free plus locked, per asset."""
+
+        def total() -> dict[str, Decimal]:
+            account = self.accounts[api_key]
+            assets = set(account.free) | set(account.locked)
+            return {
+                a: account.free.get(a, Decimal(0)) + account.locked.get(a, Decimal(0))
+                for a in assets
+            }
+
+        return self._call(total)
+
+    def set_balance(self, api_key: str, asset: str, amount: Decimal | str | int) -> None:
+        """Set the account's FREE balance of ``asset`` to ``amount`` (what is locked in open
+        orders stays): a deposit or a withdrawal made outside of any bot."""
+        value = to_dec(amount)
+        self._call(lambda: self.accounts[api_key].free.__setitem__(asset, value))
+
+    def account_trades(self, api_key: str) -> list[dict[str, Any]]:
+        """The account's trades as ``GET /api/v3/myTrades`` shows them, oldest first."""
+        return self._call(lambda: [dict(t) for t in self.accounts[api_key].trades])
+
+    def last_price(self, symbol: str) -> Decimal:
+        """The symbol's last trade price: what a MARKET order placed now fills at."""
+        return self._call(lambda: Decimal(self.books[symbol].prices[-1]).scaleb(-2))
+
+    def set_price(self, symbol: str, price: Decimal | str | int) -> int:
+        """A trade at ``price`` (a multiple of the 0.01 tick) stamped now, pushed on WS: the
+        price MARKET orders fill at from now on (with ``live_rate=0``, until the next
+        ``set_price``/``add_trades``; live trades walk on from it). Returns its trade id."""
+        cents = to_dec(price) * 100
+        if cents <= 0 or cents % 1:
+            raise ValueError(f"price={price}: a positive multiple of the 0.01 tick")
+
+        async def add() -> int:
+            book = self.books[symbol]
+            first = len(book.ids)
+            self._append(book, self.now_ms(), price=int(cents))
+            await self._push(book, first)
+            return book.ids[-1]
+
+        return self._call(add)
 
     def orders(self, api_key: str) -> list[dict[str, Any]]:
         """Every order the account placed, as ``GET /api/v3/order`` shows it, oldest first."""
@@ -395,9 +514,13 @@ class FakeBinance:
         await self._site.start()
         self.port = self._site._server.sockets[0].getsockname()[1]
 
-    def _append(self, book: Book, ts: int) -> None:
+    def _append(self, book: Book, ts: int, *, price: int | None = None) -> None:
+        """One trade at ``ts``: at ``price`` (cents), or a step of the seeded random walk."""
         ts = max(ts, book.ts[-1]) if book.ts else ts
-        book.price = max(1, round(book.price * math.exp(self._rng.gauss(0, 0.0005))))
+        if price is None:
+            book.price = max(1, round(book.price * math.exp(self._rng.gauss(0, 0.0005))))
+        else:
+            book.price = price
         book.ts.append(ts)
         book.ids.append(book.next_id)
         book.prices.append(book.price)
@@ -463,13 +586,22 @@ class FakeBinance:
         value = request.query.get(name)
         return default if value is None else int(value)
 
+    def _filters(self) -> list[dict[str, Any]]:
+        """FILTERS with this server's LOT_SIZE and NOTIONAL values."""
+        own = {
+            "LOT_SIZE": {"stepSize": dec(self.lot_step), "minQty": dec(self.min_qty)},
+            "NOTIONAL": {"minNotional": dec(self.min_notional)},
+        }
+        return [{**f, **own.get(f["filterType"], {})} for f in FILTERS]
+
     async def _exchange_info(self, request: web.Request) -> web.Response:
+        filters = self._filters()
         symbols = [
             {"symbol": base + quote, "status": "TRADING", "baseAsset": base, "quoteAsset": quote,
              "baseAssetPrecision": 8, "quotePrecision": 8, "quoteAssetPrecision": 8,
              "orderTypes": ["LIMIT", "MARKET"], "isSpotTradingAllowed": True,
              "isMarginTradingAllowed": False, "permissions": [], "permissionSets": [["SPOT"]],
-             "filters": FILTERS}
+             "filters": filters}
             for base, quote, _ in (MARKETS[s] for s in self.books)
         ]  # fmt: skip
         info = {"timezone": "UTC", "serverTime": self.now_ms(), "rateLimits": [],
@@ -657,10 +789,14 @@ class FakeBinance:
              "locked": dec(account.locked.get(a, Decimal(0)))}
             for a in assets
         ]  # fmt: skip
+        bps = int(COMMISSION * 10_000)  # Binance reports the standard rate, whatever pays it
+        rates = {"maker": dec(COMMISSION), "taker": dec(COMMISSION), "buyer": dec(Decimal(0)),
+                 "seller": dec(Decimal(0))}  # fmt: skip
         return web.json_response({
-            "makerCommission": 10, "takerCommission": 10, "buyerCommission": 0,
-            "sellerCommission": 0, "canTrade": True, "canWithdraw": True, "canDeposit": True,
-            "brokered": False, "requireSelfTradePrevention": False, "preventSor": False,
+            "makerCommission": bps, "takerCommission": bps, "buyerCommission": 0,
+            "sellerCommission": 0, "commissionRates": rates, "canTrade": True,
+            "canWithdraw": True, "canDeposit": True, "brokered": False,
+            "requireSelfTradePrevention": False, "preventSor": False,
             "updateTime": self.now_ms(), "accountType": "SPOT", "balances": balances,
             "permissions": ["SPOT"], "uid": 1,
         })  # fmt: skip
@@ -680,17 +816,19 @@ class FakeBinance:
         if "quantity" in params:
             qty = Decimal(params["quantity"])
         elif kind == "MARKET" and "quoteOrderQty" in params:
-            qty = (Decimal(params["quoteOrderQty"]) / price).quantize(LOT, ROUND_DOWN)
+            qty = floor_to(Decimal(params["quoteOrderQty"]) / price, self.lot_step)
         else:
             raise BinanceError(-1102, "Mandatory parameter 'quantity' was not sent.")
-        if qty <= 0 or qty % LOT:
+        if qty <= 0 or qty < self.min_qty or qty % self.lot_step:
             raise BinanceError(-1013, "Filter failure: LOT_SIZE")
         if price <= 0:
             raise BinanceError(-1013, "Filter failure: PRICE_FILTER")
         cost = qty * price
-        if cost < MIN_NOTIONAL:
+        if cost < self.min_notional:
             raise BinanceError(-1013, "Filter failure: NOTIONAL")
-        fee = (cost * COMMISSION).quantize(Decimal("1e-8"))
+        # Fee mode "quote": a buy locks its commission with its notional; in the other modes
+        # the commission comes out of what the order receives (or the BNB), nothing is locked.
+        fee = self._locked_fee(account, cost)
         pay, need = (quote, cost + fee) if side == "BUY" else (base, qty)
         if account.free.get(pay, Decimal(0)) < need:
             raise BinanceError(-2010, INSUFFICIENT)
@@ -710,7 +848,10 @@ class FakeBinance:
         account.orders.append(order)
         self._move(account, pay, need, to_locked=True)
         if kind == "MARKET":
-            self._fill(account, order, qty, price, fee, base, quote, now)
+            bnb = self._bnb_price() if account.fee_mode == "bnb" else None
+            deal = _Deal(account, order, price, fee if side == "BUY" else Decimal(0), base, quote,
+                         bnb)  # fmt: skip
+            self._fill(deal, qty, now)
         drop = self._order_drops.pop(0) if self._order_drops else None
         if drop is not None:
             mode, delay = drop
@@ -720,27 +861,91 @@ class FakeBinance:
             await asyncio.sleep(delay)
         return web.json_response({**order, "transactTime": now})
 
-    def _fill(
-        self, account: Account, order: dict[str, Any], qty: Decimal, price: Decimal,
-        fee: Decimal, base: str, quote: str, now: int,
-    ) -> None:  # fmt: skip
+    @staticmethod
+    def _locked_fee(account: Account, cost: Decimal) -> Decimal:
+        """What a buy of notional ``cost`` locks for its commission: fee mode "quote" only."""
+        if account.fee_mode != "quote":
+            return Decimal(0)
+        return (cost * COMMISSION).quantize(EIGHT)
+
+    def _bnb_price(self) -> Decimal:
+        """BNB/USDT's last trade price: what fee mode "bnb" converts a notional at."""
+        return Decimal(self.books["BNB/USDT"].prices[-1]).scaleb(-2)
+
+    def _fill(self, deal: _Deal, qty: Decimal, now: int) -> None:
+        """A MARKET order fills at once, all ``qty`` in one fill."""
+        self._trade(deal, qty, now)
+
+    @staticmethod
+    def _fee(rule: str, qty: Decimal, deal: _Deal) -> Decimal:
+        """The commission of ``qty`` at the deal's price under ``rule``, rounded to 8 decimals:
+        "quote" (of the notional, in the quote asset), "base" (of the quantity, in the base
+        asset) or "bnb" (BNB_COMMISSION of the notional, in BNB at the deal's BNB price)."""
+        if rule == "base":
+            return (qty * COMMISSION).quantize(EIGHT)
+        if rule == "bnb":
+            return (qty * deal.price * BNB_COMMISSION / deal.bnb_price).quantize(EIGHT)
+        return (qty * deal.price * COMMISSION).quantize(EIGHT)
+
+    def _commission(self, deal: _Deal, qty: Decimal, done: bool) -> tuple[str, Decimal]:
+        """Which rule pays the commission of a fill of ``qty`` and how much. A fill pays
+        ``_fee`` of its own quantity; the order's last fill (``done``) pays what is left of the
+        commission of everything filled under its rule, so an order's fills sum to exactly the
+        commission of its whole quantity (per rule, when BNB ran out in the middle). Fee mode
+        "bnb" falls back to the "base" rule when the free BNB cannot pay the fill's fee."""
+        buy = deal.order["side"] == "BUY"
+        received = "base" if buy else "quote"  # "the fee is taken from the asset you receive"
+        rules = {"quote": ("quote",), "base": (received,), "bnb": ("bnb", received)}
+        for rule in rules[deal.account.fee_mode]:
+            if done:
+                whole = deal.filled.get(rule, Decimal(0)) + qty
+                fee = self._fee(rule, whole, deal) - deal.paid.get(rule, Decimal(0))
+            else:
+                fee = self._fee(rule, qty, deal)
+            if rule != "bnb" or deal.account.free.get("BNB", Decimal(0)) >= fee:
+                return rule, fee
+        raise AssertionError("the last rule always pays")  # pragma: no cover
+
+    def _trade(self, deal: _Deal, qty: Decimal, now: int | None = None) -> None:
+        """``qty`` more of ``deal``'s order trades at its price, in one fill: the account pays
+        the notional (a buy, out of the lock) or the quantity (a sell, out of the lock),
+        receives the other side and pays the fill's commission as its fee mode says."""
+        account, order, price = deal.account, deal.order, deal.price
+        base, quote = deal.base, deal.quote
+        now = self.now_ms() if now is None else now
+        executed = Decimal(order["executedQty"]) + qty
+        done = executed == Decimal(order["origQty"])
         cost = qty * price
+        rule, fee = self._commission(deal, qty, done)
+        asset = {"quote": quote, "base": base, "bnb": "BNB"}[rule]
+        deal.filled[rule] = deal.filled.get(rule, Decimal(0)) + qty
+        deal.paid[rule] = deal.paid.get(rule, Decimal(0)) + fee
+        if rule == "bnb":
+            account.free["BNB"] = account.free.get("BNB", Decimal(0)) - fee
         if order["side"] == "BUY":
-            account.locked[quote] -= cost + fee
-            account.free[base] = account.free.get(base, Decimal(0)) + qty
+            from_lock = fee if rule == "quote" else Decimal(0)  # fee mode "quote" locked it
+            deal.fee_paid += from_lock
+            account.locked[quote] -= cost + from_lock
+            received = qty - (fee if rule == "base" else Decimal(0))
+            account.free[base] = account.free.get(base, Decimal(0)) + received
         else:
             account.locked[base] -= qty
-            account.free[quote] = account.free.get(quote, Decimal(0)) + cost - fee
+            received = cost - (fee if rule == "quote" else Decimal(0))
+            account.free[quote] = account.free.get(quote, Decimal(0)) + received
         trade_id = self._next_trade_id
         self._next_trade_id += 1
-        order.update(status="FILLED", executedQty=dec(qty), cummulativeQuoteQty=dec(cost),
-                     updateTime=now)  # fmt: skip
-        order["fills"] = [{"price": dec(price), "qty": dec(qty), "commission": dec(fee),
-                           "commissionAsset": quote, "tradeId": trade_id}]  # fmt: skip
+        order.update(
+            status="FILLED" if done else "PARTIALLY_FILLED", executedQty=dec(executed),
+            cummulativeQuoteQty=dec(Decimal(order["cummulativeQuoteQty"]) + cost),
+            updateTime=now,
+        )  # fmt: skip
+        order["fills"] = [*order["fills"], {"price": dec(price), "qty": dec(qty),
+                          "commission": dec(fee), "commissionAsset": asset,
+                          "tradeId": trade_id}]  # fmt: skip
         account.trades.append({
             "symbol": order["symbol"], "id": trade_id, "orderId": order["orderId"],
             "orderListId": -1, "price": dec(price), "qty": dec(qty), "quoteQty": dec(cost),
-            "commission": dec(fee), "commissionAsset": quote, "time": now,
+            "commission": dec(fee), "commissionAsset": asset, "time": now,
             "isBuyer": order["side"] == "BUY", "isMaker": False, "isBestMatch": True,
         })  # fmt: skip
 
@@ -760,7 +965,7 @@ class FakeBinance:
         qty = Decimal(order["origQty"]) - Decimal(order["executedQty"])
         if order["side"] == "BUY":
             price = Decimal(order["price"])
-            held = qty * price + (qty * price * COMMISSION).quantize(Decimal("1e-8"))
+            held = qty * price + self._locked_fee(account, qty * price)
             self._move(account, quote, held, to_locked=False)
         else:
             self._move(account, base, qty, to_locked=False)
@@ -830,19 +1035,6 @@ class FakeBinance:
 
 
 @dataclass
-class _Resting:
-    """A market order of ``FaultyBinance`` that the exchange fills later: what it locked."""
-
-    account: Account
-    order: dict[str, Any]
-    price: Decimal
-    fee: Decimal  # the whole order's commission (locked with a buy's notional)
-    base: str
-    quote: str
-    fee_paid: Decimal = Decimal(0)
-
-
-@dataclass
 class _Parked:
     """An order request held on its way to the exchange (``FaultyBinance.park_next_order``)."""
 
@@ -859,8 +1051,9 @@ class FaultyBinance(FakeBinance):
       insufficient balance), applying nothing;
     * ``rest_next_order``: a MARKET order is accepted but filled only in part (``fraction`` of
       its quantity, 0 for none) and answered ``NEW``/``PARTIALLY_FILLED``; ``fill_resting``
-      fills such orders later, at the price of their acceptance; a cancel releases exactly what
-      they still lock;
+      fills such orders later, at the price (and BNB price) of their acceptance, each part
+      paying its commission in the account's fee mode (the last part what is left, so the parts
+      sum to the whole order's); a cancel releases exactly what they still lock;
     * ``park_next_order``: the request is held on its way (the client times out); later it
       either lands (``land_parked``: the exchange applies it then, answering no one) or is lost
       (``lose_parked``: nothing applied).
@@ -870,7 +1063,7 @@ class FaultyBinance(FakeBinance):
         super().__init__(**kwargs)
         self._refusals: list[tuple[int, str]] = []
         self._rests: list[Decimal] = []
-        self._resting: dict[int, _Resting] = {}  # orderId -> what it locks
+        self._resting: dict[int, _Deal] = {}  # orderId -> what it locks
         self._parks = 0
         self._parked: list[_Parked] = []
         self.order_requests = 0  # POST /api/v3/order requests that reached the server at all
@@ -927,23 +1120,6 @@ class FaultyBinance(FakeBinance):
 
         self._call(clear)
 
-    def account_trades(self, api_key: str) -> list[dict[str, Any]]:
-        """The account's trades as ``GET /api/v3/myTrades`` shows them, oldest first."""
-        return self._call(lambda: [dict(t) for t in self.accounts[api_key].trades])
-
-    def total_balance(self, api_key: str) -> dict[str, Decimal]:
-        """Free plus locked, per asset."""
-
-        def total() -> dict[str, Decimal]:
-            account = self.accounts[api_key]
-            assets = set(account.free) | set(account.locked)
-            return {
-                a: account.free.get(a, Decimal(0)) + account.locked.get(a, Decimal(0))
-                for a in assets
-            }
-
-        return self._call(total)
-
     def fill_resting(self, api_key: str, fraction: float = 1.0) -> int:
         """Fill ``fraction`` of what each resting order of ``api_key`` still holds (at least one
         lot; 1 fills it all) at its acceptance price; returns how many orders traded."""
@@ -955,8 +1131,8 @@ class FaultyBinance(FakeBinance):
                     continue
                 order = rest.order
                 left = Decimal(order["origQty"]) - Decimal(order["executedQty"])
-                part = (left * Decimal(str(fraction))).quantize(LOT, ROUND_DOWN)
-                self._fill_part(rest, min(left, max(part, LOT)))
+                part = floor_to(left * Decimal(str(fraction)), self.lot_step)
+                self._fill_part(rest, min(left, max(part, self.lot_step)))
                 traded += 1
             return traded
 
@@ -993,53 +1169,22 @@ class FaultyBinance(FakeBinance):
             raise BinanceError(code, msg)
         return await super()._new_order(request, account, params)
 
-    def _fill(
-        self, account: Account, order: dict[str, Any], qty: Decimal, price: Decimal,
-        fee: Decimal, base: str, quote: str, now: int,
-    ) -> None:  # fmt: skip
+    def _fill(self, deal: _Deal, qty: Decimal, now: int) -> None:
         if not self._rests:
-            super()._fill(account, order, qty, price, fee, base, quote, now)
+            super()._fill(deal, qty, now)
             return
         fraction = self._rests.pop(0)
-        rest = _Resting(account, order, price, fee, base, quote)
-        self._resting[order["orderId"]] = rest
-        part = (qty * fraction).quantize(LOT, ROUND_DOWN)
+        self._resting[deal.order["orderId"]] = deal
+        part = floor_to(qty * fraction, self.lot_step)
         if part > 0:
-            self._fill_part(rest, part)
+            self._fill_part(deal, part)
 
-    def _fill_part(self, rest: _Resting, qty: Decimal) -> None:
+    def _fill_part(self, rest: _Deal, qty: Decimal) -> None:
         """``qty`` more of a resting order trades at its price, in one fill (the last part
         pays what is left of the commission, so the parts pay exactly the whole's)."""
-        account, order, price = rest.account, rest.order, rest.price
-        executed = Decimal(order["executedQty"]) + qty
-        done = executed == Decimal(order["origQty"])
-        cost = qty * price
-        fee = rest.fee - rest.fee_paid if done else (cost * COMMISSION).quantize(Decimal("1e-8"))
-        rest.fee_paid += fee
-        if order["side"] == "BUY":
-            account.locked[rest.quote] -= cost + fee
-            account.free[rest.base] = account.free.get(rest.base, Decimal(0)) + qty
-        else:
-            account.locked[rest.base] -= qty
-            account.free[rest.quote] = account.free.get(rest.quote, Decimal(0)) + cost - fee
-        now, trade_id = self.now_ms(), self._next_trade_id
-        self._next_trade_id += 1
-        order.update(
-            status="FILLED" if done else "PARTIALLY_FILLED", executedQty=dec(executed),
-            cummulativeQuoteQty=dec(Decimal(order["cummulativeQuoteQty"]) + cost),
-            updateTime=now,
-        )  # fmt: skip
-        order["fills"] = [*order["fills"], {"price": dec(price), "qty": dec(qty),
-                          "commission": dec(fee), "commissionAsset": rest.quote,
-                          "tradeId": trade_id}]  # fmt: skip
-        account.trades.append({
-            "symbol": order["symbol"], "id": trade_id, "orderId": order["orderId"],
-            "orderListId": -1, "price": dec(price), "qty": dec(qty), "quoteQty": dec(cost),
-            "commission": dec(fee), "commissionAsset": rest.quote, "time": now,
-            "isBuyer": order["side"] == "BUY", "isMaker": False, "isBestMatch": True,
-        })  # fmt: skip
-        if done:
-            self._resting.pop(order["orderId"], None)
+        self._trade(rest, qty)
+        if rest.order["status"] == "FILLED":
+            self._resting.pop(rest.order["orderId"], None)
 
     async def _cancel_order(self, request: web.Request, account: Account, params: dict) -> Any:
         try:
@@ -1049,8 +1194,8 @@ class FaultyBinance(FakeBinance):
         rest = None if order is None else self._resting.get(order["orderId"])
         if rest is None:
             return await super()._cancel_order(request, account, params)
-        # Release exactly what the order still locks: the rest of a buy's notional and fee, or
-        # a sell's unsold quantity.
+        # Release exactly what the order still locks: the rest of a buy's notional and (fee
+        # mode "quote") of its fee, or a sell's unsold quantity.
         left = Decimal(order["origQty"]) - Decimal(order["executedQty"])
         if order["side"] == "BUY":
             self._move(account, rest.quote, left * rest.price + rest.fee - rest.fee_paid,

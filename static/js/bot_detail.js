@@ -213,6 +213,9 @@
       setTile("entry-value", book.position ? T.num(book.entry_price, 4) : "—");
       setTile("mark-value", T.num(book.mark_price, 4));
       setTile("unrealized-value", T.signed(unrealized, 2), unrealized);
+      if (book.dust !== undefined && document.getElementById("dust-value")) {
+        setTile("dust-value", T.num(book.dust, 8) + " " + (bot.base || ""));
+      }
     }
 
     const equityContainer = document.getElementById("equity-chart");
@@ -252,8 +255,27 @@
       id.append(el("code", order.client_order_id));
       tr.append(time, el("td", order.side, "side-" + order.side), el("td", order.type), el("td", order.reason || ""),
         status, el("td", T.num(order.quantity, 6), "num"), el("td", T.num(order.filled_quantity, 6), "num"),
-        el("td", T.num(order.price, 4), "num"), id, el("td", order.error || "", "wrap"));
+        el("td", T.num(order.price, 4), "num"), feesCell(), id, el("td", order.error || "", "wrap"));
       prependRow(orders, tr);
+    }
+    function feesCell() {
+      const td = el("td", "—", "num");
+      td.dataset.field = "fees";
+      return td;
+    }
+    // A fill adds its fee, in the asset the exchange charged, to its order's row.
+    function applyFill(orderId, fill) {
+      const row = orders.querySelector('tr[data-order-id="' + orderId + '"]');
+      if (!row || !fill.fee_cost) return;
+      const cell = row.querySelector('[data-field="fees"]');
+      const seen = JSON.parse(cell.dataset.fills || "[]");
+      if (seen.includes(fill.id)) return;
+      seen.push(fill.id);
+      cell.dataset.fills = JSON.stringify(seen);
+      const parts = JSON.parse(cell.dataset.parts || "{}");
+      parts[fill.fee_currency] = (parts[fill.fee_currency] || 0) + fill.fee_cost;
+      cell.dataset.parts = JSON.stringify(parts);
+      cell.textContent = Object.keys(parts).sort().map((asset) => T.num(parts[asset], 8) + " " + asset).join(", ");
     }
 
     const trades = document.querySelector("#trades tbody");
@@ -303,13 +325,16 @@
             equity: event.equity, cash: event.cash, position: event.position,
             entry_price: event.entry_price, mark_price: event.mark_price,
           });
+          if (event.dust !== undefined) book.dust = event.dust;
           // As the server marks it (bots.brokers.position_fields): the entry fee counts.
-          const unrealized = book.position
+          const unrealized = event.unrealized_pnl !== undefined ? event.unrealized_pnl : book.position
             ? book.position * (book.mark_price - book.entry_price) - book.position * book.entry_price * bot.fee
             : 0;
           renderBook(unrealized);
         } else if (event.type === "order.updated") {
           applyOrder(event.order);
+        } else if (event.type === "fill.created") {
+          applyFill(event.order_id, event.fill);
         } else if (event.type === "trade.closed") {
           if (!trades.querySelector('tr[data-trade-id="' + event.trade.id + '"]')) {
             realized += event.trade.pnl;

@@ -191,6 +191,11 @@ BAD_RUN_FIELDS = [
     ({"instrument": 10**12}, "instrument"),
     ({"instrument": "kraken"}, "instrument"),
     ({"strategy": "no_such_strategy"}, "strategy"),
+    ({"fee_in_base": "maybe"}, "fee_in_base"),
+    ({"fee_in_base": 2}, "fee_in_base"),
+    ({"fee_in_base": {"on": True}}, "fee_in_base"),
+    ({"fee_in_base": None}, "fee_in_base"),
+    ({"fee_in_base": True, "allow_short": True}, "fee_in_base"),  # spot has no shorts
 ]
 
 

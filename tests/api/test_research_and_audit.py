@@ -102,6 +102,59 @@ def test_bad_optimisations_get_field_errors_and_store_nothing(people, instrument
     assert not OptimizationRun.objects.exists()
 
 
+# --- the fee taken in the coin bought -------------------------------------------------------
+
+
+def test_fee_in_base_is_accepted_stored_returned_and_simulated(people, instrument):
+    """``fee_in_base`` is a run setting of the API: off unless given, stored, read back, and the
+    run is simulated with it (its result differs from the fee paid in quote)."""
+    from backtests import services as backtests_services
+    from backtests.models import BacktestRun
+    from tests.backtests.support import store_hourly_candles
+
+    store_hourly_candles(instrument.pk, start_ms=1_767_225_600_000, bars=24 * 12, seed=3)
+    owner = client_for(people["owner"])
+    request = {
+        "strategy": "sma_crossover", "parameters": {"fast": 3, "slow": 8},
+        "instrument": instrument.pk, "timeframe": "1h", "start": "2026-01-01T01:00:00Z",
+        "end": "2026-01-12T23:00:00Z", "fee": 0.004,
+    }  # fmt: skip
+    runs = {}
+    for flag in (None, False, True):
+        body = request if flag is None else {**request, "fee_in_base": flag}
+        accepted = owner.post("/api/backtests/", body, format="json")
+        assert accepted.status_code == 202, accepted.content
+        assert accepted.json()["fee_in_base"] is bool(flag)
+        runs[flag] = accepted.json()["id"]
+    stored = BacktestRun.objects.get(pk=runs[True])
+    assert stored.fee_in_base is True and stored.engine_options()["fee_in_base"] is True
+    assert BacktestRun.objects.get(pk=runs[None]).fee_in_base is False
+    assert owner.get(f"/api/backtests/{runs[True]}/").json()["fee_in_base"] is True
+    listed = {row["id"]: row["fee_in_base"] for row in owner.get("/api/backtests/").json()["results"]}
+    assert listed == {runs[None]: False, runs[False]: False, runs[True]: True}
+
+    for run_id in runs.values():
+        backtests_services.backtest_execute(run_id)
+    finals = {
+        flag: owner.get(f"/api/backtests/{run_id}/").json()["metrics"]["final_equity"]
+        for flag, run_id in runs.items()
+    }
+    trades = owner.get(f"/api/backtests/{runs[True]}/").json()["trades_count"]
+    assert trades > 0
+    assert finals[None] == finals[False] != finals[True]
+
+    search = owner.post(
+        "/api/optimizations/", optimisation(instrument, fee_in_base=True), format="json"
+    )
+    assert search.status_code == 202, search.content
+    assert search.json()["fee_in_base"] is True
+    assert OptimizationRun.objects.get(pk=search.json()["id"]).engine_options()["fee_in_base"]
+    refused = owner.post(
+        "/api/optimizations/", optimisation(instrument, fee_in_base="sometimes"), format="json"
+    )
+    assert "fee_in_base" in assert_error(refused, 400, "invalid")["fields"]
+
+
 # --- raw and rejected ticks -----------------------------------------------------------------
 
 

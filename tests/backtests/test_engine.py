@@ -3,6 +3,7 @@ hand-checked cases for each convention of ``backtests.engine``."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -13,13 +14,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backtests.engine import (
+    _S_CASH,
+    _S_COMMITTED,
+    _S_ENTRY_FEE,
+    _S_ENTRY_PRICE,
+    _S_UNITS,
     EXIT_REASONS,
     EngineOptions,
     backtest_metrics,
+    batch_metrics,
     initial_state,
     run_backtest,
     simulate,
 )
+from backtests.metrics import bars_per_year
 from strategies.builtin import SMACrossover
 from strategies.lookahead import random_walk_ohlcv
 from tests.backtests.support import Scripted, flat_bars, frame
@@ -40,9 +48,20 @@ class Position:
     best: float  # highest high (long) / lowest low (short) seen before the current bar
 
 
+def fee_in_base_entry(cash: float, price: float, fee: float, slippage: float, size: float):
+    """A long entry whose fee the exchange takes from the coin bought, from its meaning: spend
+    ``cash * size`` at the fill, receive that much coin, give up ``fee`` of it. Returns
+    ``(cash left, units held, fill, fee valued in quote, committed)``."""
+    committed = cash * size
+    fill = price * (1 + slippage)
+    bought = committed / fill
+    withheld = bought * fee
+    return cash - bought * fill, bought - withheld, fill, withheld * fill, committed
+
+
 def reference(
     o, h, lo, c, signals, *, cash, fee, slippage, size, fill, allow_short, stop_loss,
-    take_profit, trailing_stop, close_at_end,
+    take_profit, trailing_stop, close_at_end, fee_in_base=False,
 ):  # fmt: skip
     """Returns (equity per bar, cash per bar, position per bar, trades as dicts)."""
     money = float(cash)
@@ -57,6 +76,12 @@ def reference(
     def enter(side: int, price: float, bar: int) -> None:
         nonlocal money, pos
         if money <= 0:
+            return
+        if side == 1 and fee_in_base:
+            money, units, fill_price, paid, committed = fee_in_base_entry(
+                money, price, fee, slippage, size
+            )
+            pos = Position(side, units, fill_price, paid, bar, committed, fill_price)
             return
         fill_price = worse(price, buying=side == 1)
         committed = money * size
@@ -203,19 +228,28 @@ def fractions(low: float, high: float) -> st.SearchStrategy:
     return st.floats(low, high, allow_nan=False, allow_infinity=False)
 
 
-options_strategy = st.builds(
-    EngineOptions,
-    cash=fractions(100.0, 1e6),
-    fee=st.one_of(st.just(0.0), fractions(0.0, 0.02)),
-    slippage=st.one_of(st.just(0.0), fractions(0.0, 0.02)),
-    size=st.one_of(st.just(1.0), fractions(0.05, 1.0)),
-    fill=st.sampled_from(["next_open", "close"]),
-    allow_short=st.booleans(),
-    stop_loss=st.one_of(st.none(), fractions(0.005, 0.2)),
-    take_profit=st.one_of(st.none(), fractions(0.005, 0.3)),
-    trailing_stop=st.one_of(st.none(), fractions(0.005, 0.2)),
-    close_at_end=st.booleans(),
-)
+@st.composite
+def engine_options(draw: st.DrawFn) -> EngineOptions:
+    """Any valid settings: shorts, a fee taken from the coin bought (spot, so never both), or
+    neither."""
+    allow_short, fee_in_base = draw(st.sampled_from([(False, False), (True, False),
+                                                      (False, True)]))  # fmt: skip
+    return EngineOptions(
+        cash=draw(fractions(100.0, 1e6)),
+        fee=draw(st.one_of(st.just(0.0), fractions(0.0, 0.02))),
+        slippage=draw(st.one_of(st.just(0.0), fractions(0.0, 0.02))),
+        size=draw(st.one_of(st.just(1.0), fractions(0.05, 1.0))),
+        fill=draw(st.sampled_from(["next_open", "close"])),
+        allow_short=allow_short,
+        stop_loss=draw(st.one_of(st.none(), fractions(0.005, 0.2))),
+        take_profit=draw(st.one_of(st.none(), fractions(0.005, 0.3))),
+        trailing_stop=draw(st.one_of(st.none(), fractions(0.005, 0.2))),
+        close_at_end=draw(st.booleans()),
+        fee_in_base=fee_in_base,
+    )
+
+
+options_strategy = engine_options()
 
 
 def run_reference(data: pd.DataFrame, signals: np.ndarray, options: EngineOptions):
@@ -648,3 +682,175 @@ def test_backtest_metrics_equal_run_backtest_metrics() -> None:
                 math.isnan(value) and math.isnan(full.metrics[key])
             )
         assert full.metrics["n_trades"] > 20
+
+
+# ---------------------------------------------------------------------------------------------
+# fee_in_base: a long entry's fee taken from the coin bought
+# ---------------------------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(
+    cash=fractions(1.0, 1e9),
+    price=fractions(1e-4, 1e6),
+    fee=st.one_of(st.just(0.0), fractions(0.0, 0.05)),
+    slippage=st.one_of(st.just(0.0), fractions(0.0, 0.02)),
+    size=st.one_of(st.just(1.0), fractions(0.01, 1.0)),
+    fill=st.sampled_from(["next_open", "close"]),
+)
+def test_fee_in_base_entry_equals_the_plain_formulas_bit_for_bit(
+    cash, price, fee, slippage, size, fill
+) -> None:
+    """The kernel's entry state is the reference's, exactly (not approximately): paper trading
+    repeats these operations and must land on the same bits."""
+    options = EngineOptions(cash=cash, fee=fee, slippage=slippage, size=size, fill=fill,
+                            fee_in_base=True)  # fmt: skip
+    prices = [price, price]  # the buy fills at bar 1's open, or at bar 0's close
+    out = simulate(prices, prices, prices, prices, [1, 0], options=options)
+    left, units, fill_price, paid, committed = fee_in_base_entry(cash, price, fee, slippage, size)
+    state = out.state
+    assert state[_S_CASH] == left
+    assert state[_S_UNITS] == units
+    assert state[_S_ENTRY_PRICE] == fill_price
+    assert state[_S_ENTRY_FEE] == paid
+    assert state[_S_COMMITTED] == committed
+    assert out.equity[-1] == left + units * price
+    if fee > 1e-6:  # the same money buys fewer units than with the fee paid in quote
+        quote_fee = simulate(prices, prices, prices, prices, [1, 0],
+                             options={**options.as_dict(), "fee_in_base": False})  # fmt: skip
+        assert state[_S_UNITS] < quote_fee.state[_S_UNITS]
+
+
+def test_fee_in_base_round_trip_arithmetic_and_pnl_identity() -> None:
+    """Bought at 11 (+2 % slippage), 1 % of the coin kept by the exchange; sold at 13 (-2 %) with
+    the fee in quote. The trade's P&L is the money out minus the money in."""
+    result = run_backtest(UP, Scripted, fee=0.01, slippage=0.02, fee_in_base=True)
+    (trade,) = result.trades.itertuples()
+    entry = 11 * 1.02
+    gross = 10_000 / entry
+    units = gross - gross * 0.01
+    entry_fee = gross * 0.01 * entry
+    exit_ = 13 * 0.98
+    exit_fee = units * exit_ * 0.01
+    final_cash = 10_000 - gross * entry + units * exit_ - exit_fee
+    assert trade.entry_price == entry and trade.exit_price == exit_
+    assert trade.size == units
+    assert trade.fees == pytest.approx(entry_fee + exit_fee, rel=1e-12)
+    assert trade.pnl == pytest.approx(units * (exit_ - entry) - entry_fee - exit_fee, rel=1e-12)
+    # Money out minus money in: the cash after the exit less the cash before the entry.
+    assert trade.pnl == pytest.approx(final_cash - 10_000, rel=1e-12)
+    assert result.equity.iloc[-1] == pytest.approx(final_cash, rel=1e-12)
+    assert result.equity.iloc[-1] == pytest.approx(10_000 + trade.pnl, rel=1e-12)
+    # The whole committed cash bought coin: nothing (up to rounding) is left in quote.
+    assert result.equity.iloc[1] == pytest.approx(units * 11.5, rel=1e-12)
+    assert result.trades["return"].iloc[0] == pytest.approx(trade.pnl / 10_000, rel=1e-12)
+    assert result.metrics["total_fees"] == pytest.approx(entry_fee + exit_fee, rel=1e-12)
+    # Not the quote-fee result: the option changes the arithmetic.
+    quote_fee = run_backtest(UP, Scripted, fee=0.01, slippage=0.02)
+    assert quote_fee.trades["size"].iloc[0] != trade.size
+
+
+@PROPERTY
+@given(market(), options_strategy.filter(lambda o: o.fee_in_base))
+def test_fee_in_base_closed_longs_pnl_is_cash_out_minus_cash_in(case, options) -> None:
+    """Every long, with the fee taken from the coin bought, earns its P&L: the cash after its
+    exit less the cash before its entry. With next-open fills and every trade closed, the bot is
+    flat (equity = cash) at the end of the bar before an entry and of an exit's bar."""
+    data, _ = case
+    options = EngineOptions(**{**options.as_dict(), "fill": "next_open", "close_at_end": True})
+    result = run_backtest(data, Scripted, {}, **options.as_dict())
+    equity = result.equity.to_numpy()
+    assert (result.position.to_numpy() >= 0).all()
+    for trade in result.trades.itertuples():
+        assert trade.side == "long" and trade.exit_reason != "open"
+        cash_in = equity[trade.entry_bar - 1]  # next_open: never an entry on bar 0
+        cash_out = equity[trade.exit_bar]
+        assert trade.pnl == pytest.approx(cash_out - cash_in, rel=1e-9, abs=1e-9 * options.cash)
+
+
+GOLDEN_OPTIONS = [
+    {},
+    {"fee": 0.0025, "slippage": 0.0007, "size": 0.6, "stop_loss": 0.02, "trailing_stop": 0.03},
+    {"fill": "close", "allow_short": True, "take_profit": 0.04, "close_at_end": True},
+]
+#: sha256 of the simulations of ``golden_digest`` by the engine before ``fee_in_base`` existed.
+GOLDEN_DIGEST = "6fd4084598d4577d0badf9ea2b24e1aed97f811b7d88d9467373c5da1beb5e0c"
+
+
+def golden_digest(extra: dict) -> tuple[str, int]:
+    """The digest of every output array of three simulations of fixed data, and their trades.
+    Prices are cents from integers (no libm) so the bits are the same on every IEEE machine."""
+    rng = np.random.default_rng(2024)
+    n = 3_000
+    cents = np.maximum(20_000 + np.cumsum(rng.integers(-150, 151, n)), 1_000)
+    close = cents / 100.0
+    open_ = np.r_[200.0, close[:-1]] + rng.integers(-20, 21, n) / 100.0
+    high = np.maximum(open_, close) + rng.integers(0, 200, n) / 100.0
+    low = np.minimum(open_, close) - rng.integers(0, 200, n) / 100.0
+    signals = rng.choice(np.array([-1, 0, 0, 0, 0, 0, 1], dtype=np.int8), n)
+    digest = hashlib.sha256()
+    trades = 0
+    for options in GOLDEN_OPTIONS:
+        out = simulate(open_, high, low, close, signals, options={**options, **extra})
+        for array in (out.equity, out.position, *out.trades, out.state):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        trades += out.trades.count
+    return digest.hexdigest(), trades
+
+
+def test_fee_in_base_off_changes_nothing() -> None:
+    """Off (the default, or given as False) the results are the engine's of before the option,
+    to the bit."""
+    digest, trades = golden_digest({})
+    assert trades > 300
+    assert digest == GOLDEN_DIGEST
+    assert golden_digest({"fee_in_base": False})[0] == GOLDEN_DIGEST
+    assert golden_digest({"fee_in_base": np.False_})[0] == GOLDEN_DIGEST
+    data = random_walk_ohlcv(2_000, seed=9, volatility=4e-3)
+    params = {"fast": 5, "slow": 20}
+    default = run_backtest(data, SMACrossover, params)
+    off = run_backtest(data, SMACrossover, params, fee_in_base=False)
+    assert default.equity.to_numpy().tobytes() == off.equity.to_numpy().tobytes()
+    pd.testing.assert_frame_equal(default.trades, off.trades, check_exact=True)
+    on = run_backtest(data, SMACrossover, params, fee_in_base=True)
+    assert not np.array_equal(on.equity.to_numpy(), default.equity.to_numpy())
+
+
+def test_fee_in_base_reaches_the_sweep_kernel() -> None:
+    """``batch_metrics`` (the sweep's ``fold_batch_nb``) takes the option through
+    ``kernel_args``: its rows equal ``run_backtest``'s metrics with the fee in the coin."""
+    data = random_walk_ohlcv(3_000, seed=5, volatility=4e-3)
+    options = EngineOptions(fee=0.002, slippage=0.0005, stop_loss=0.01, fee_in_base=True)
+    prices = tuple(data[c].to_numpy() for c in ("open", "high", "low", "close"))
+    rows = []
+    expected = []
+    for fast, slow in ((5, 20), (8, 30)):
+        params = {"fast": fast, "slow": slow}
+        rows.append(SMACrossover.generate_signals(data, params))
+        expected.append(run_backtest(data, SMACrossover, params, **options.as_dict()).metrics)
+    got = batch_metrics(prices, np.stack(rows), options, bars_per_year(data.index))
+    quote = batch_metrics(prices, np.stack(rows), EngineOptions(fee=0.002, slippage=0.0005,
+                          stop_loss=0.01), bars_per_year(data.index))  # fmt: skip
+    for ours, theirs, other in zip(got, expected, quote, strict=True):
+        for key, value in theirs.items():
+            assert ours[key] == value or (math.isnan(value) and math.isnan(ours[key])), key
+        assert ours["final_equity"] != other["final_equity"]
+
+
+def test_fee_in_base_options_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"^fee_in_base .*allow_short"):
+        EngineOptions(fee_in_base=True, allow_short=True)
+    with pytest.raises(ValueError, match="fee_in_base"):
+        run_backtest(UP, Scripted, fee_in_base=True, allow_short=True)
+    with pytest.raises(TypeError, match="^fee_in_base must be true or false"):
+        EngineOptions(fee_in_base="yes")
+    with pytest.raises(TypeError, match="fee_in_base"):
+        run_backtest(UP, Scripted, fee_in_base=1)
+    with pytest.raises(ValueError, match="^fee must be below 1 with fee_in_base"):
+        EngineOptions(fee=1.0, fee_in_base=True)
+    assert EngineOptions(fee=1.0).fee == 1.0  # the quote fee's rules are unchanged
+    options = EngineOptions(fee_in_base=np.True_)
+    assert options.fee_in_base is True and options.as_dict()["fee_in_base"] is True
+    assert options.kernel_args()[-1] is True
+    assert EngineOptions().fee_in_base is False
+    assert EngineOptions.from_kwargs({"fee_in_base": True}).fee_in_base is True

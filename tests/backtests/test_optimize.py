@@ -70,6 +70,21 @@ def test_grid_search_rows_are_the_backtest_metrics_sorted_by_objective(data) -> 
     assert (np.diff(drawdowns) >= 0).all()
 
 
+def test_grid_search_with_the_fee_in_base_equals_the_backtests(data) -> None:
+    """The sweep's kernel gets ``fee_in_base`` too: each row is ``run_backtest``'s metrics with
+    the option, and not those without it."""
+    sweep = grid_search(data, SMACrossover, GRID, objective="sharpe", fee=0.003, fee_in_base=True)
+    plain = grid_search(data, SMACrossover, GRID, objective="sharpe", fee=0.003)
+    plain_final = {(r.fast, r.slow): r.final_equity for r in plain.results.itertuples()}
+    for row in sweep.results.itertuples(index=False):
+        params = {"fast": row.fast, "slow": row.slow}
+        expected = run_backtest(data, SMACrossover, params, fee=0.003, fee_in_base=True).metrics
+        for name in METRIC_NAMES:
+            assert same(getattr(row, name), expected[name]), name
+        if row.n_trades or row.open_trades:
+            assert row.final_equity != plain_final[(row.fast, row.slow)]
+
+
 def test_rank_puts_nan_last_and_keeps_ties_in_order() -> None:
     table = pd.DataFrame({"k": [1, 2, 3, 4, 5], "sharpe": [np.nan, 1.0, 2.0, 1.0, -math.inf]})
     assert rank(table, "sharpe")["k"].tolist() == [3, 2, 4, 5, 1]

@@ -19,6 +19,7 @@ from django.urls import reverse
 
 from backtests import selectors, services
 from backtests.models import BacktestRun, OptimizationRun, RunStatus
+from backtests.optimize import grid_search
 from marketdata.models import Exchange
 from marketdata.selectors import candles_frame
 from marketdata.services import instrument_ensure
@@ -267,6 +268,49 @@ def test_valid_backtest_post_queues_the_run_and_opens_its_page(client, owner, in
     assert '<progress id="run-progress"' in page and 'id="cancel-form"' in page
     assert "equity-data" not in page  # no result yet
     assert f"Backtest #{run.pk} queued." in page
+
+
+def test_fee_in_base_is_a_form_setting_shown_and_refused_with_shorts(client, owner, instrument):
+    client.force_login(owner)
+    blank = client.get(reverse("backtests:create")).content.decode()
+    block = field_block(blank, "fee_in_base")
+    assert 'type="checkbox" name="fee_in_base"' in block and "checked" not in block
+    assert "Fee in the coin bought" in block
+
+    both = form_data(instrument=str(instrument.pk), fee_in_base="on", allow_short="on")
+    refused = client.post(reverse("backtests:create"), both).content.decode()
+    block = field_block(refused, "fee_in_base")
+    assert 'class="errorlist"' in block and "cannot be combined with allow_short" in block, block
+    assert not BacktestRun.objects.exists()
+
+    response = client.post(
+        reverse("backtests:create"), form_data(instrument=str(instrument.pk), fee_in_base="on")
+    )
+    run = BacktestRun.objects.get()
+    assert response.status_code == 302 and run.fee_in_base is True and run.allow_short is False
+    page = client.get(response["Location"]).content.decode()
+    assert "buy fee taken from the coin bought" in page
+    again = client.get(reverse("backtests:create") + f"?from={run.pk}").content.decode()
+    assert "checked" in field_block(again, "fee_in_base")
+
+    client.post(reverse("backtests:create"), form_data(instrument=str(instrument.pk)))
+    plain = BacktestRun.objects.exclude(pk=run.pk).get()
+    assert plain.fee_in_base is False
+    assert "coin bought" not in client.get(f"/backtests/{plain.pk}/").content.decode()
+
+    search = opt_form_data(instrument, fee_in_base="on")
+    client.post(reverse("backtests:optimization-create"), search)
+    opt = OptimizationRun.objects.get()
+    assert opt.fee_in_base is True
+    # The sweep's chunks simulate with it: what an in-process grid search with it finds.
+    opt = execute_optimization(opt)
+    frame = candles_frame(instrument_id=instrument.pk, timeframe="1h", start=opt.start, end=opt.end)
+    local = grid_search(frame, "sma_crossover", opt.space, fee=0.001, fee_in_base=True)
+    best = local.results.iloc[0]
+    assert opt.best_parameters == local.best
+    assert opt.best_metrics["final_equity"] == best["final_equity"]
+    plain = grid_search(frame, "sma_crossover", opt.space, fee=0.001).results
+    assert plain["final_equity"].max() != local.results["final_equity"].max()
 
 
 def test_cancel_a_queued_backtest(client, owner, instrument):

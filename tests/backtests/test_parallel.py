@@ -29,6 +29,7 @@ ENGINES = [
     {"fill": "close", "fee": 0.002, "slippage": 0.001},
     {"allow_short": True, "stop_loss": 0.01, "take_profit": 0.02, "trailing_stop": 0.008},
     {"allow_short": True, "size": 0.5, "close_at_end": True},
+    {"fee_in_base": True, "fee": 0.002, "size": 0.7, "trailing_stop": 0.01},
 ]
 
 

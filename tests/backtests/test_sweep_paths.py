@@ -73,6 +73,7 @@ OPTION_SETS = [
     {"stop_loss": 0.01, "take_profit": 0.02},
     {"trailing_stop": 0.015, "allow_short": True},
     {"close_at_end": True},
+    {"fee_in_base": True, "fee": 0.002, "stop_loss": 0.01},
 ]
 
 

@@ -101,6 +101,28 @@ def test_walk_forward_out_of_sample_uses_history_for_the_warm_up(data, result) -
     assert early_signals > 0  # the history mattered somewhere
 
 
+def test_walk_forward_simulates_with_the_fee_in_base(data) -> None:
+    """``fee_in_base`` reaches both phases: the in-sample sweep and the out-of-sample
+    simulation of each window."""
+    result = walk_forward(data, "sma_crossover", GRID, train_bars=800, test_bars=400, fee=0.003,
+                          fee_in_base=True)  # fmt: skip
+    equity = result.equity.to_numpy()
+    for row in result.windows.itertuples():
+        train = data.iloc[row.train_start : row.train_end]
+        best = grid_search(train, "sma_crossover", GRID, fee=0.003, fee_in_base=True)
+        assert row.parameters == best.best and row.is_sharpe == best.results["sharpe"].iloc[0]
+        start, end = row.test_start, row.test_end
+        signals = SMACrossover.generate_signals(data.iloc[:end], row.parameters)[start:]
+        cash = 10_000.0 if row.window == 0 else equity[row.window * 400 - 1]
+        prices = [data[c].to_numpy()[start:end] for c in ("open", "high", "low", "close")]
+        options = {"cash": cash, "fee": 0.003, "close_at_end": True}
+        expected = simulate(*prices, signals, options=EngineOptions(**options, fee_in_base=True))
+        window = equity[row.window * 400 : (row.window + 1) * 400]
+        assert np.array_equal(window, expected.equity)
+        if expected.trades.count:
+            assert not np.array_equal(window, simulate(*prices, signals, options=options).equity)
+
+
 def test_walk_forward_refuses_windows_that_do_not_fit(data) -> None:
     with pytest.raises(ValueError, match="no walk-forward window"):
         walk_forward(data, "sma_crossover", GRID, train_bars=2_000, test_bars=700)
