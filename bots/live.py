@@ -319,6 +319,7 @@ class CcxtBroker(Broker):
         markets unreachable: None (the order goes on; the exchange decides)."""
         base = self.bot.instrument.base
         try:
+            self.market()  # the markets loaded: the rounding below reads them
             if order.side == Order.Side.BUY:
                 cost = float(self.client.cost_to_precision(self.symbol, self.buy_cost(order)))
                 amount = self.floor_amount(cost / price)

@@ -12,6 +12,7 @@ from decimal import ROUND_DOWN, Decimal
 import numpy as np
 import pytest
 
+from bots import live as live_module
 from bots import services
 from bots.models import Bot, BotEvent, Fill, Order, Position, Trade
 from bots.models import Signal as SignalRow
@@ -224,6 +225,7 @@ def test_an_entry_below_the_minimum_is_refused_before_it_is_sent(user, live):
         bot = live_bot(user, server, capital=4)
         assert services.bot_start(bot_id=bot.pk)
         server.set_price("BTC/USDT", 30_000)
+        live_module._clients.clear()  # a worker process whose client has no markets yet
         row = decide(bot, "BUY", 1)
         assert not row.executed
         assert row.no_order_reason.startswith("exchange_minimum: entry not sent: notional")

@@ -7,14 +7,17 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
+import numpy as np
 import pytest
 from django_celery_results.models import TaskResult
 
 from bots import services
 from bots.live import TEST_PAUSE_ENV
-from bots.models import Bot, Order, Signal
+from bots.models import Bot, BotEvent, Order, Signal
+from bots.parity import parity_check
 from bots.reconcile import reconcile_bot
 from bots.tasks import process_candle_task, reconcile_task
 from marketdata.models import Candle
@@ -22,7 +25,7 @@ from marketdata.selectors import candles_frame
 from marketdata.services import ms_to_datetime
 from strategies.registry import get_strategy
 from tests.bots.live_support import KEY, SECRET, decide, live_bot
-from tests.bots.support import store, walk
+from tests.bots.support import make_bot, store, walk
 from tests.conftest import start_worker, stop_worker
 from tests.exchange_server import FakeBinance
 from tests.support import eventually
@@ -134,3 +137,54 @@ def test_the_reconcile_task_settles_an_unknown_order_on_a_worker(user, server, l
     order.refresh_from_db()
     assert order.status == Order.Status.FILLED and order.fills.count() == 1
     assert server.order_posts == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_live_bots_on_a_base_fee_exchange_trade_in_and_out_through_a_worker(user, live_workers):
+    """Three live bots sharing one account on an exchange that takes a buy's fee from the coin
+    bought: candles processed by a worker, every order accepted, the bots' coin equal to the
+    account's, no balance mismatch, each bot's parity check clean."""
+    data = walk(140, seed=5)
+    for name in ("open", "high", "low", "close"):
+        data[name] = np.round(data[name] * 300, 2)  # about 30,000 USDT, on the 0.01 tick
+    with FakeBinance(history_s=600, live_rate=0, symbols=("BTC/USDT",)) as server:
+        server.add_account(KEY, SECRET, {"USDT": 50_000}, fee_mode="base")
+        first = live_bot(user, server, parameters={"fast": 3, "slow": 8}, fee_in_base=True,
+                         capital=5_000, slippage=0.0)  # fmt: skip
+        options = {"mode": Bot.Mode.LIVE, "account": first.account, "fee_in_base": True,
+                   "capital": 5_000, "slippage": 0.0}  # fmt: skip
+        bots = [first] + [
+            make_bot(
+                user,
+                first.instrument,
+                name=f"bot {fast}",
+                parameters={"fast": fast, "slow": 10},
+                **options,
+            )
+            for fast in (2, 4)
+        ]
+        store(first.instrument, data, slice(0, 30))
+        for bot in bots:
+            assert services.bot_start(bot_id=bot.pk, notify=False)
+        live_workers.append(start_worker())
+        for j in range(30, 139):
+            server.set_price("BTC/USDT", Decimal(repr(float(data["open"][j + 1]))))
+            (close_ms,) = store(first.instrument, data, slice(j, j + 1))
+            result = process_candle_task.apply_async((first.instrument_id, "1m", close_ms),
+                                                     queue=QUEUE)  # fmt: skip
+            result.get(timeout=60)
+        assert reconcile_task.apply_async(queue=QUEUE).get(timeout=60) == {"bots": 3, "failed": 0}
+        orders = Order.objects.filter(bot__in=bots)
+        assert orders.count() >= 12
+        assert orders.exclude(status=Order.Status.FILLED).count() == 0
+        assert server.order_posts == orders.count()
+        assert all(o["status"] == "FILLED" for o in server.orders(KEY))
+        held = 0.0
+        for bot in bots:
+            bot.refresh_from_db()
+            assert bot.status == Bot.Status.RUNNING, bot.status_reason
+            held += float(bot.paper_book.get("units", 0.0)) + float(bot.paper_book.get("dust", 0))
+            report = parity_check(bot)
+            assert report.ok, report.lines()
+        assert held == pytest.approx(float(server.total_balance(KEY).get("BTC", 0)), abs=1e-12)
+        assert not BotEvent.objects.filter(kind=BotEvent.Kind.BALANCE_MISMATCH).exists()
