@@ -25,6 +25,7 @@ from backtests import services as backtests_services
 from backtests.metrics import json_safe
 from backtests.models import BacktestRun, OptimizationResult, OptimizationRun, RunStatus
 from bots import selectors, services
+from bots.brokers import BrokerError
 from bots.manager import BotManager
 from bots.models import Bot, BotEvent, ExchangeAccount, Order, Position, Signal, Trade
 from marketdata import selectors as market_selectors
@@ -85,6 +86,25 @@ class BotViewSet(Owned, viewsets.ModelViewSet):
     def stop(self, request: Request, pk: str | None = None) -> Response:
         bot = self.get_object()
         BotManager().stop_bot(bot.pk, actor=request.user)
+        bot.refresh_from_db()
+        return Response(self.get_serializer(bot).data)
+
+    @extend_schema(request=None, responses=s.BotSerializer)
+    @action(detail=True, methods=["post"], url_path="adopt-balance")
+    def adopt_balance(self, request: Request, pk: str | None = None) -> Response:
+        """A live bot's balance mismatch resolved by taking the exchange account's word: the
+        bot books the account's balance of its coin less what the account's other live bots
+        book (a transfer at the last price: the capital moves, the P&L does not); entries
+        resume. 400 with the reason when it cannot be done now."""
+        import ccxt  # only where live trading happens (as bots.brokers.broker_for)
+
+        from bots.reconcile import BalanceError, balance_adopt
+
+        bot = self.get_object()
+        try:
+            balance_adopt(bot_id=bot.pk, actor=request.user)
+        except (BalanceError, BrokerError, ccxt.BaseError) as exc:
+            raise ValidationError({"non_field_errors": [f"balance not adopted: {exc}"]}) from exc
         bot.refresh_from_db()
         return Response(self.get_serializer(bot).data)
 

@@ -7,6 +7,7 @@ from django.urls import reverse
 from django.utils.html import format_html_join
 
 from bots import services
+from bots.brokers import BrokerError
 from bots.manager import BotManager
 from bots.models import (
     Bot,
@@ -137,7 +138,7 @@ class BotAdmin(admin.ModelAdmin):
     )  # fmt: skip
     #: Fixed once the bot exists (``bots.services.UPDATABLE`` lists what may change).
     fixed_fields = ("owner", "strategy", "instrument", "timeframe", "mode", "account", "capital")
-    actions = ("start_bots", "stop_bots")
+    actions = ("start_bots", "stop_bots", "adopt_balances")
 
     @admin.display(description="records")
     def records(self, obj: Bot) -> str:
@@ -209,6 +210,21 @@ class BotAdmin(admin.ModelAdmin):
         manager = BotManager()
         self._each(request, queryset, lambda bot: manager.stop_bot(bot.pk, actor=request.user),
                    "stopped", "stopped")  # fmt: skip
+
+    @admin.action(description="Live bots: adopt the exchange account's balance (resolves a "
+                  "balance mismatch)")  # fmt: skip
+    def adopt_balances(self, request, queryset) -> None:
+        import ccxt  # only where live trading happens (as bots.brokers.broker_for)
+
+        from bots.reconcile import BalanceError, balance_adopt
+
+        for bot in queryset.order_by("pk"):
+            try:
+                message = balance_adopt(bot_id=bot.pk, actor=request.user)
+            except (BalanceError, BrokerError, ccxt.BaseError) as exc:
+                self.message_user(request, f"{bot}: not adopted: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, f"{bot}: {message}", messages.SUCCESS)
 
 
 @admin.register(Signal)

@@ -111,6 +111,42 @@ class PaperBook:
         self.dust = total
         self.clear_position()
 
+    def transfer(self, amount: float, price: float) -> None:
+        """Coin moved into (``amount`` > 0) or out of the bot's holding outside of any trade
+        (a balance adopted from the account), valued at ``price``: what leaves comes out of
+        the dust first, then the position, with its share of their cost basis; what arrives
+        joins the position (or the dust, while flat) at ``price``, as its cost."""
+        if amount < 0.0:
+            out = -amount
+            if self.dust:
+                take = min(out, self.dust)
+                keep = (self.dust - take) / self.dust
+                self.dust_fee *= keep
+                self.dust_committed *= keep
+                self.dust -= take
+                out -= take
+                if self.dust <= 1e-12:
+                    self.dust = self.dust_price = self.dust_fee = self.dust_committed = 0.0
+            if out > 0.0 and self.long:
+                take = min(out, self.units)
+                keep = (self.units - take) / self.units
+                self.entry_fee *= keep
+                self.committed *= keep
+                self.units -= take
+                if self.units <= 1e-12:
+                    self.clear_position()
+            return
+        if self.long:
+            total = self.units + amount
+            self.entry_price = (self.units * self.entry_price + amount * price) / total
+            self.units = total
+            self.committed += amount * price
+        elif amount > 0.0:
+            total = self.dust + amount
+            self.dust_price = (self.dust * self.dust_price + amount * price) / total
+            self.dust = total
+            self.dust_committed += amount * price
+
     def to_dict(self) -> dict:
         """JSON-native; floats survive a JSON round trip exactly (shortest repr). (``asdict``'s
         result, without its recursive copy: every field is a plain number.) The live-only

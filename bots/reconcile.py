@@ -39,7 +39,7 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from bots import paper
-from bots.brokers import BrokerError
+from bots.brokers import BrokerError, position_fields
 from bots.live import GRACE, Answer, CcxtBroker
 from bots.models import Bot, BotEvent, Fill, Order, Position
 from marketdata.services import ms_to_datetime, to_decimal
@@ -232,6 +232,70 @@ def _compare_balance(bot: Bot, broker: CcxtBroker, outcome: Outcome) -> None:
                    "message": message, **data}  # fmt: skip
         publish_on_commit(f"trade_updates:{bot.pk}", {"type": f"bot.{kind}", **payload})
         publish_on_commit("system_events", {"type": f"bot.{kind}", **payload})
+
+
+class BalanceError(Exception):
+    """The account's balance cannot be adopted now (why)."""
+
+
+def balance_adopt(*, bot_id: int, actor: Any = None) -> str:
+    """Resolve a balance mismatch by taking the account's word: the bot books the account's
+    balance of its coin less what the account's other live bots book (never below 0). The
+    difference is a transfer, not a trade (``PaperBook.transfer``), valued at the exchange's
+    last price: the bot's capital moves by that value, so its P&L does not change. Clears the
+    mismatch (a ``balance_resolved`` event naming ``actor``). Raises ``BalanceError`` or
+    ``BrokerError`` (live trading not allowed) and ccxt errors (exchange unreachable)."""
+    bot = Bot.objects.select_related("instrument", "account__exchange").get(pk=bot_id)
+    if bot.mode != Bot.Mode.LIVE:
+        raise BalanceError("only a live bot books an exchange account's balance")
+    broker = CcxtBroker(bot)
+    base = bot.instrument.base
+    before = _holdings(bot, base)
+    if before[1]:
+        raise BalanceError("an order of the account's bots is in flight: try once it is settled")
+    balance = broker.client.fetch_balance()
+    price = float(broker.client.fetch_ticker(broker.symbol)["last"])
+    if _holdings(bot, base) != before:
+        raise BalanceError("a fill was booked meanwhile: try again")
+    others = sum(amount for pk, amount in before[0].items() if pk != bot.pk)
+    account = float((balance.get("total") or {}).get(base) or 0.0)
+    target = max(account - others, 0.0)
+    with transaction.atomic():
+        locked = Bot.objects.select_for_update().get(pk=bot.pk)
+        book = paper.PaperBook.from_dict(locked.paper_book or {"cash": float(locked.capital)})
+        amount = target - book.held
+        capital = locked.capital + to_decimal(amount * price)
+        if capital <= 0:
+            raise BalanceError(
+                f"adopting {amount:+.8g} {base} at {price:.8g} leaves no capital: stop the bot "
+                "and create a new one instead"
+            )
+        book.transfer(amount, price)
+        state = dict(locked.risk_state or {})
+        state.pop("balance_mismatch", None)
+        locked.paper_book, locked.risk_state, locked.capital = book.to_dict(), state, capital
+        locked.cash = to_decimal(book.cash)
+        locked.equity = to_decimal(book.equity(price))
+        locked.save(update_fields=["paper_book", "risk_state", "capital", "cash", "equity",
+                                   "updated_at"])  # fmt: skip
+        Position.objects.update_or_create(bot=locked, defaults=position_fields(book, price))
+        message = (
+            f"account balance adopted: {amount:+.8g} {base} at {price:.8g} "
+            f"({amount * price:+.2f} {bot.instrument.quote} of capital); the bot now books "
+            f"{book.held:.8g} {base}; entries resume"
+        )
+        data = {"asset": base, "adopted": amount, "price": price, "booked": book.held,
+                "account": account, "other_bots": others}  # fmt: skip
+        BotEvent.objects.create(
+            bot=locked, kind=BotEvent.Kind.BALANCE_RESOLVED, message=message, data=data,
+            actor=actor if getattr(actor, "pk", None) else None,
+        )  # fmt: skip
+        logger.info("bot %s: %s", bot.pk, message)
+        payload = {"bot_id": bot.pk, "owner_id": bot.owner_id, "severity": "info",
+                   "message": message, **data}  # fmt: skip
+        publish_on_commit(f"trade_updates:{bot.pk}", {"type": "bot.balance_resolved", **payload})
+        publish_on_commit("system_events", {"type": "bot.balance_resolved", **payload})
+    return message
 
 
 def _reason(client_id: str) -> str:

@@ -15,4 +15,5 @@ urlpatterns = [
     path("<int:pk>/stop/", views.bot_stop, name="stop"),
     path("<int:pk>/delete/", views.bot_delete, name="delete"),
     path("<int:pk>/parity/", views.bot_parity, name="parity"),
+    path("<int:pk>/adopt-balance/", views.bot_adopt_balance, name="adopt_balance"),
 ]

@@ -20,6 +20,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from bots import selectors, services
+from bots.brokers import BrokerError
 from bots.forms import BotCreateForm, BotEditForm, ParametersForm, service_errors
 from bots.manager import BotManager
 from bots.models import Bot
@@ -282,6 +283,23 @@ def bot_delete(request: HttpRequest, pk: int) -> HttpResponse:
         return redirect("bots:detail", pk=bot.pk)
     messages.success(request, f"Bot “{name}” deleted with its history.")
     return redirect("bots:list")
+
+
+@login_required
+@require_POST
+def bot_adopt_balance(request: HttpRequest, pk: int) -> HttpResponse:
+    import ccxt  # only where live trading happens (as bots.brokers.broker_for)
+
+    from bots.reconcile import BalanceError, balance_adopt
+
+    bot = _bot_or_404(request, pk)
+    try:
+        message = balance_adopt(bot_id=bot.pk, actor=request.user)
+    except (BalanceError, BrokerError, ccxt.BaseError) as exc:
+        messages.error(request, f"Bot “{bot.name}”: balance not adopted: {exc}")
+    else:
+        messages.success(request, f"Bot “{bot.name}”: {message}.")
+    return redirect("bots:detail", pk=bot.pk)
 
 
 @login_required

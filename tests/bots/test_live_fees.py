@@ -437,3 +437,46 @@ def test_the_parity_check_of_a_live_bot_models_the_exchanges_fee_and_lot_rules(u
         wrong = parity_check(bot)
         assert not wrong.ok
         assert all(" buy: " in line for line in wrong.fill_mismatches)
+
+
+def test_adopting_the_accounts_balance_is_a_transfer_that_leaves_the_pnl_alone(user, live, client):
+    with exchange("base") as server:
+        fund(server, "base")
+        bot = live_bot(user, server, fee_in_base=True)
+        assert services.bot_start(bot_id=bot.pk)
+        server.set_price("BTC/USDT", 30_000)
+        decide(bot, "BUY", 1)
+        bot.refresh_from_db()
+        pnl_before = float(bot.equity) - float(bot.capital)
+        # 0.1 BTC leaves the account outside the bot (a withdrawal).
+        server.set_balance(KEY, "BTC", Decimal(str(account_btc(server))) - Decimal("0.1"))
+        assert reconcile_bot(bot).balance == "mismatch"
+        client.force_login(user)
+        page = client.get(f"/bots/{bot.pk}/").content.decode()
+        assert 'id="balance-mismatch"' in page and "adopt-balance" in page
+        # Another user cannot; the owner can, through the page.
+        other = type(user).objects.create_user("mallory", password="x-pass-123456")
+        client.force_login(other)
+        assert client.post(f"/bots/{bot.pk}/adopt-balance/").status_code == 404
+        assert client.post(f"/api/bots/{bot.pk}/adopt-balance/").status_code == 404
+        client.force_login(user)
+        response = client.post(f"/bots/{bot.pk}/adopt-balance/", follow=True)
+        assert "account balance adopted: -0.1 BTC" in response.content.decode()
+        bot.refresh_from_db()
+        assert held(bot) == pytest.approx(account_btc(server), abs=1e-15)
+        assert "balance_mismatch" not in bot.risk_state
+        # The capital moved by the coin's value at the last price; the P&L did not.
+        assert float(bot.capital) == pytest.approx(10_000 - 0.1 * 30_000, abs=1e-9)
+        assert float(bot.equity) - float(bot.capital) == pytest.approx(pnl_before, abs=1e-6)
+        event = BotEvent.objects.filter(bot=bot, kind="balance_resolved").get()
+        assert event.actor == user and event.data["adopted"] == pytest.approx(-0.1, abs=1e-12)
+        bot.refresh_from_db()
+        assert reconcile_bot(bot).balance == "ok"
+        # Exits sell what is left and the account has it: accepted.
+        assert decide(bot, "SELL", 2).executed
+        assert Order.objects.get(bot=bot, side="sell").status == Order.Status.FILLED
+        assert held(bot) == pytest.approx(account_btc(server), abs=1e-15)
+        # An order in flight refuses it, over the API, with the reason.
+        Order.objects.filter(bot=bot, side="sell").update(status=Order.Status.UNKNOWN)
+        response = client.post(f"/api/bots/{bot.pk}/adopt-balance/")
+        assert response.status_code == 400 and "in flight" in response.content.decode()
