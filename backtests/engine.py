@@ -38,6 +38,24 @@ Prices and costs
     ``units * fill - fee`` to the cash and owes ``units`` at the market price. There is no
     entry while the equity is not positive.
 
+    ``fee_in_base`` (off by default; spot only, so not with ``allow_short``): a long entry's fee
+    is taken from the coin bought, as Binance does by default, instead of from the quote cash.
+    In this float order (``bots.paper.buy`` repeats it operation by operation)::
+
+        committed = cash * size
+        fill = price * (1 + slippage)
+        gross = committed / fill         # the coin bought
+        kept = gross * fee               # the coin the exchange keeps
+        units = gross - kept             # the coin held
+        paid = kept * fill               # the fee, valued in quote at the fill
+        cash = cash - gross * fill       # the quote balance moves by the notional only
+
+    ``entry_price`` is ``fill`` and ``committed`` the return's base, as without the option. An
+    exit sells coin for quote, so its fee stays ``units * fill * fee`` in quote. The trade
+    identity holds unchanged: since ``units + kept = gross`` (in exact arithmetic),
+    ``units * (exit - entry) - paid - exit fee`` is the quote received at the exit minus the
+    quote paid at the entry. ``fee`` must then be below 1.
+
 Equity
     ``equity[i] = cash + side * units * close[i]`` after everything that happened in bar ``i``
     (``side`` is +1 long, -1 short, 0 flat). The last value is the final equity.
@@ -91,8 +109,9 @@ End of the data
 
 Trades
     ``pnl = side * units * (exit_price - entry_price) - fees`` (money, fees of both fills),
-    ``return = pnl / (units * entry_price * (1 + fee))``: the profit over the equity committed at
-    entry. ``entry_time``/``exit_time`` are the close times of the candles during which the fills
+    ``return = pnl / committed`` with ``committed = cash * size`` at entry (about
+    ``units * entry_price * (1 + fee)``): the profit over the equity committed at entry.
+    ``entry_time``/``exit_time`` are the close times of the candles during which the fills
     happened (an open fill happens at the start of its candle, stamped with its close time);
     ``entry_bar``/``exit_bar`` are their positions.
 """
@@ -171,7 +190,7 @@ _SIDES = ("long", "short")
     _S_ENTRY_BAR,  # global bar position of the entry
     _S_EXTREME,  # highest high (long) / lowest low (short) since entry, for the trailing stop
     _S_PENDING,  # signal waiting for the next open (next_open fills)
-    _S_COMMITTED,  # equity committed at entry: units * entry * (1 + fee)
+    _S_COMMITTED,  # equity committed at entry (cash * size): the base of the trade's return
 ) = range(9)
 STATE_SIZE = 9
 # (side, units, entry_price, entry_fee, entry_bar, extreme, committed) of a flat position.
@@ -242,14 +261,26 @@ class SimulationResult(NamedTuple):
 
 @njit(cache=True)
 def _entry_nb(  # noqa: PLR0917 - numba kernels take positional scalars
-    side: int, price: float, cash: float, fee: float, slippage: float, size: float
+    side: int,
+    price: float,
+    cash: float,
+    fee: float,
+    slippage: float,
+    size: float,
+    fee_in_base: bool,
 ) -> tuple[float, float, float, float, float]:
     """Open ``side`` at market ``price`` from flat: ``(cash, units, fill, fee paid, committed)``;
-    ``units`` 0 (nothing opened) when the equity is not positive."""
+    ``units`` 0 (nothing opened) when the equity is not positive. ``fee_in_base``: a long's fee
+    is taken from the coin bought (module docstring, "Prices and costs", whose float order this
+    is and ``bots.paper.buy``'s too: change all three together)."""
     committed = cash * size
     if not committed > 0.0:
         return cash, 0.0, 0.0, 0.0, 0.0
     fill = price * (1.0 + slippage) if side > 0 else price * (1.0 - slippage)
+    if fee_in_base and side > 0:
+        gross = committed / fill
+        kept = gross * fee
+        return cash - gross * fill, gross - kept, fill, kept * fill, committed
     units = committed / (fill * (1.0 + fee))
     notional = units * fill
     paid = notional * fee
@@ -401,6 +432,7 @@ def _act_nb(  # noqa: PLR0917
     slippage: float,
     size: float,
     allow_short: bool,
+    fee_in_base: bool,
 ) -> tuple[float, float, float, float, float, int, float, float, bool, float, float]:
     """Act on a non-zero signal ``order`` at market ``price`` (the table in the module
     docstring); returns the new ``(cash, side, units, entry_price, entry_fee, entry_bar,
@@ -420,7 +452,7 @@ def _act_nb(  # noqa: PLR0917
         side, units, entry_price, entry_fee, entry_bar, extreme, committed = _FLAT
     if order > 0 or allow_short:
         cash, opened, entry_fill, entry_paid, base = _entry_nb(
-            order, price, cash, fee, slippage, size
+            order, price, cash, fee, slippage, size, fee_in_base
         )
         if opened > 0.0:
             side, units, entry_price, entry_fee = float(order), opened, entry_fill, entry_paid
@@ -491,6 +523,7 @@ def simulate_nb(  # noqa: PLR0912, PLR0915, PLR0917
     take_profit: float,
     trailing_stop: float,
     close_at_end: bool,
+    fee_in_base: bool,
     equity: np.ndarray,
     position: np.ndarray,
     fold: np.ndarray,
@@ -502,7 +535,8 @@ def simulate_nb(  # noqa: PLR0912, PLR0915, PLR0917
     one length; ``state`` float64 of ``STATE_SIZE`` (``initial_state``; not modified);
     ``offset`` the global position of the batch's first bar (trade records carry global bar
     positions); ``fee``, ``slippage``, ``size`` fractions; ``stop_loss``, ``take_profit``,
-    ``trailing_stop`` fractions or NaN for none. The conventions are the module docstring's.
+    ``trailing_stop`` fractions or NaN for none; ``fee_in_base`` a long entry's fee taken from
+    the coin bought (a branch of the entry only). The conventions are the module docstring's.
     No input is validated here (``simulate`` does it). ``equity`` (float64) and ``position``
     (int8), one per bar, receive the outputs: allocated by numpy (which reuses memory) rather
     than here (fresh pages, ~1.5 ms per 8 MB).
@@ -557,7 +591,7 @@ def simulate_nb(  # noqa: PLR0912, PLR0915, PLR0917
             (cash, side, units, entry_price, entry_fee, entry_bar, extreme, committed, closed,
              fill, paid) = _act_nb(
                 pending, open_[i], bar, cash, side, units, entry_price, entry_fee, entry_bar,
-                extreme, committed, fee, slippage, size, allow_short,
+                extreme, committed, fee, slippage, size, allow_short, fee_in_base,
             )  # fmt: skip
             if closed:
                 k = _record_nb(rec_i, rec_s, rec_f, k, bar, _SIGNAL, held, fill, paid)
@@ -586,6 +620,7 @@ def simulate_nb(  # noqa: PLR0912, PLR0915, PLR0917
                  closed, fill, paid) = _act_nb(
                     signal, close[i], bar, cash, side, units, entry_price, entry_fee,
                     entry_bar, extreme, committed, fee, slippage, size, allow_short,
+                    fee_in_base,
                 )  # fmt: skip
                 if closed:
                     k = _record_nb(rec_i, rec_s, rec_f, k, bar, _SIGNAL, held, fill, paid)
@@ -705,7 +740,11 @@ class EngineOptions:
     ``cash`` > 0 (money); ``fee`` >= 0 and ``slippage`` in [0, 1) (fractions per fill); ``size``
     in (0, 1] (fraction of equity per entry, fee included: no leverage); ``fill`` one of
     ``FILL_MODES``; ``stop_loss`` in (0, 1), ``take_profit`` > 0 and ``trailing_stop`` in (0, 1)
-    or ``None``; ``close_at_end`` closes a position still open after the last bar. Raises
+    or ``None``; ``close_at_end`` closes a position still open after the last bar;
+    ``fee_in_base`` takes a long entry's fee from the coin bought instead of the quote cash
+    (Binance's default for a spot buy; module docstring, "Prices and costs"): a spot rule, so
+    not with ``allow_short``, and ``fee`` must be below 1 (the exchange cannot keep the whole
+    coin). Off by default: the results without it are unchanged. Raises
     ``ValueError``/``TypeError`` naming the setting.
     """
 
@@ -719,6 +758,7 @@ class EngineOptions:
     take_profit: float | None = None
     trailing_stop: float | None = None
     close_at_end: bool = False
+    fee_in_base: bool = False
 
     def __post_init__(self) -> None:
         cash = _number("cash", self.cash)
@@ -744,10 +784,20 @@ class EngineOptions:
                 bounds = f"(0, {upper:g})" if upper is not None else "> 0"
                 raise ValueError(f"{name} must be {bounds} or None, got {value!r}")
             object.__setattr__(self, name, number)
-        for name in ("allow_short", "close_at_end"):
+        for name in ("allow_short", "close_at_end", "fee_in_base"):
             if not isinstance(getattr(self, name), bool | np.bool_):
                 raise TypeError(f"{name} must be true or false, got {getattr(self, name)!r}")
             object.__setattr__(self, name, bool(getattr(self, name)))
+        if self.fee_in_base and self.allow_short:
+            raise ValueError(
+                "fee_in_base cannot be combined with allow_short: a fee taken from the coin "
+                "bought is a spot rule, and spot has no shorts"
+            )
+        if self.fee_in_base and not fee < 1:
+            raise ValueError(
+                f"fee must be below 1 with fee_in_base (a fraction of the coin bought), "
+                f"got {self.fee!r}"
+            )
         object.__setattr__(self, "cash", cash)
         object.__setattr__(self, "fee", fee)
         object.__setattr__(self, "slippage", slippage)
@@ -788,6 +838,7 @@ class EngineOptions:
             level(self.take_profit),
             level(self.trailing_stop),
             self.close_at_end,
+            self.fee_in_base,
         )
 
 
@@ -1073,6 +1124,7 @@ def run_backtest(
     take_profit: float | None = None,
     trailing_stop: float | None = None,
     close_at_end: bool = False,
+    fee_in_base: bool = False,
 ) -> BacktestResult:
     """Backtest ``strategy`` with ``parameters`` on the OHLCV frame ``data`` in one pass.
 
@@ -1094,6 +1146,7 @@ def run_backtest(
         take_profit=take_profit,
         trailing_stop=trailing_stop,
         close_at_end=close_at_end,
+        fee_in_base=fee_in_base,
     )
     strategy = resolve_strategy_class(strategy)
     params, signals = strategy_signals(strategy, data, parameters)
@@ -1219,6 +1272,7 @@ def fold_batch_nb(  # noqa: PLR0917 - numba kernels take positional scalars
     take_profit: float,
     trailing_stop: float,
     close_at_end: bool,
+    fee_in_base: bool,
 ) -> np.ndarray:
     """Simulate each row of ``signals`` (int8, rows x bars) from ``cash``, the equity folded
     (``simulate_nb`` with a fold); one row of numbers each: the fold's ``(count, mean,
@@ -1240,7 +1294,7 @@ def fold_batch_nb(  # noqa: PLR0917 - numba kernels take positional scalars
         _, _, _, _, rec_f, end = simulate_nb(
             open_, high, low, close, signals[row], state, 0, fee, slippage, size,
             fill_at_close, allow_short, stop_loss, take_profit, trailing_stop, close_at_end,
-            no_equity, no_position, fold, buffer,
+            fee_in_base, no_equity, no_position, fold, buffer,
         )  # fmt: skip
         count, mean, squares, downside, depth, peak, trough, recovery = fold_finish_nb(fold, buffer)
         still_open = end[_S_SIDE] != 0.0 and n > 0

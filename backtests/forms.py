@@ -35,8 +35,8 @@ DEFAULT_STRATEGY = "sma_crossover"
 MAX_VALUES = 1_000
 
 OPTION_FIELDS = (
-    "cash", "fee", "slippage", "size", "fill", "allow_short", "stop_loss", "take_profit",
-    "trailing_stop",
+    "cash", "fee", "slippage", "size", "fill", "allow_short", "fee_in_base", "stop_loss",
+    "take_profit", "trailing_stop",
 )  # fmt: skip
 METRIC_LABELS = {
     "total_return": "Total return",
@@ -146,6 +146,12 @@ class RunForm(forms.Form):
         help_text="When a signal's order fills.",
     )
     allow_short = forms.BooleanField(required=False, help_text="Sell signals open shorts.")
+    fee_in_base = forms.BooleanField(
+        required=False,
+        label="Fee in the coin bought",
+        help_text="A buy's fee is taken from the coin bought, as Binance does unless fees are "
+        "paid in BNB. Spot only: not with shorts.",
+    )
     stop_loss = forms.FloatField(
         required=False,
         help_text="Fraction below entry, e.g. 0.05.",

@@ -49,6 +49,11 @@ class RunBase(models.Model):
         default="next_open",
     )  # fmt: skip
     allow_short = models.BooleanField(default=False)
+    fee_in_base = models.BooleanField(
+        default=False,
+        help_text="A buy's fee is taken from the coin bought (Binance's spot rule unless fees "
+        "are paid in BNB), not from the quote cash. Spot only: not with shorts.",
+    )
     stop_loss = models.FloatField(null=True, blank=True, help_text="Fraction below entry.")
     take_profit = models.FloatField(null=True, blank=True, help_text="Fraction above entry.")
     trailing_stop = models.FloatField(null=True, blank=True, help_text="Fraction below the peak.")
@@ -88,8 +93,9 @@ class RunBase(models.Model):
     def engine_options(self) -> dict[str, Any]:
         return {
             "cash": self.cash, "fee": self.fee, "slippage": self.slippage, "size": self.size,
-            "fill": self.fill, "allow_short": self.allow_short, "stop_loss": self.stop_loss,
-            "take_profit": self.take_profit, "trailing_stop": self.trailing_stop,
+            "fill": self.fill, "allow_short": self.allow_short, "fee_in_base": self.fee_in_base,
+            "stop_loss": self.stop_loss, "take_profit": self.take_profit,
+            "trailing_stop": self.trailing_stop,
         }  # fmt: skip
 
     @property

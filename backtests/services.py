@@ -764,7 +764,7 @@ OPTIMIZATION_MAX_COMBINATIONS = 100_000
 #: The settings a re-run copies: everything that defines the run, nothing it produced.
 _RUN_SETTINGS = (
     "owner", "strategy", "instrument", "timeframe", "start", "end", "cash", "fee", "slippage",
-    "size", "fill", "allow_short", "stop_loss", "take_profit", "trailing_stop",
+    "size", "fill", "allow_short", "fee_in_base", "stop_loss", "take_profit", "trailing_stop",
 )  # fmt: skip
 _OPTIMIZATION_SETTINGS = ("method", "space", "objective", "n_iter", "seed", "train_bars",
                           "test_bars")  # fmt: skip

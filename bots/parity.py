@@ -251,10 +251,13 @@ def _diff_fills(  # noqa: PLR0917 - the report, then what it compares
             expected[(exit_ms, "sell")] = (float(trade.size), float(trade.exit_price))
     last = None if report.last_ms is None else ms_to_datetime(report.last_ms)
     if live is None:
+        # The coin a fill moved, as the engine's trade size: a buy's quantity less a fee taken
+        # in the coin bought (``fee_in_base``).
+        base = bot.instrument.base
         actual: dict[tuple[int, str], tuple[float, float]] = {
-            (datetime_to_ms(t), side): (float(q), float(p))
-            for t, side, q, p in Fill.objects.filter(bot=bot, time__lte=last).values_list(
-                "time", "side", "quantity", "price"
+            (datetime_to_ms(t), side): (float(q - c) if a == base else float(q), float(p))
+            for t, side, q, p, c, a in Fill.objects.filter(bot=bot, time__lte=last).values_list(
+                "time", "side", "quantity", "price", "fee_cost", "fee_currency"
             )
         }
         reasons: dict[tuple[int, str], str] = {}

@@ -130,7 +130,8 @@ def test_fee_in_base_is_accepted_stored_returned_and_simulated(people, instrumen
     assert stored.fee_in_base is True and stored.engine_options()["fee_in_base"] is True
     assert BacktestRun.objects.get(pk=runs[None]).fee_in_base is False
     assert owner.get(f"/api/backtests/{runs[True]}/").json()["fee_in_base"] is True
-    listed = {row["id"]: row["fee_in_base"] for row in owner.get("/api/backtests/").json()["results"]}
+    rows = owner.get("/api/backtests/").json()["results"]
+    listed = {row["id"]: row["fee_in_base"] for row in rows}
     assert listed == {runs[None]: False, runs[False]: False, runs[True]: True}
 
     for run_id in runs.values():

@@ -842,11 +842,11 @@ def test_fee_in_base_options_are_checked() -> None:
         EngineOptions(fee_in_base=True, allow_short=True)
     with pytest.raises(ValueError, match="fee_in_base"):
         run_backtest(UP, Scripted, fee_in_base=True, allow_short=True)
-    with pytest.raises(TypeError, match="^fee_in_base must be true or false"):
+    with pytest.raises(TypeError, match=r"^fee_in_base must be true or false"):
         EngineOptions(fee_in_base="yes")
     with pytest.raises(TypeError, match="fee_in_base"):
         run_backtest(UP, Scripted, fee_in_base=1)
-    with pytest.raises(ValueError, match="^fee must be below 1 with fee_in_base"):
+    with pytest.raises(ValueError, match=r"^fee must be below 1 with fee_in_base"):
         EngineOptions(fee=1.0, fee_in_base=True)
     assert EngineOptions(fee=1.0).fee == 1.0  # the quote fee's rules are unchanged
     options = EngineOptions(fee_in_base=np.True_)

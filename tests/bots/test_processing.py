@@ -238,3 +238,22 @@ def test_events_are_published_after_commit(user_factory, redis_server):
         "order.updated", "fill.created", "trade.closed", "portfolio.updated",
     }  # fmt: skip
     assert services.signal_event(Signal.objects.filter(bot=bot).first())["bot_id"] == bot.pk
+
+
+def test_a_paper_bot_with_the_fee_in_the_coin_bought_equals_its_backtest(user, instrument, candles):
+    bot = started(user, instrument, fee_in_base=True, stop_loss=0.01)
+    feed(instrument, candles, slice(HISTORY, 250))
+    buys = list(Fill.objects.filter(bot=bot, side="buy"))
+    sells = list(Fill.objects.filter(bot=bot, side="sell"))
+    assert len(buys) > 3 and sells
+    # The buy's fee is taken from the coin: in BTC, worth its value at the fill.
+    assert {f.fee_currency for f in buys} == {"BTC"} and {f.fee_currency for f in sells} == {"USDT"}
+    for fill in buys:
+        assert float(fill.fee_cost * fill.price) == pytest.approx(float(fill.fee), rel=1e-12)
+    report = parity_check(bot)
+    assert report.ok, report.lines()
+    assert report.bot_fills == report.backtest_fills
+    # The same bot's fills against a backtest with the fee in quote: the entries differ.
+    Bot.objects.filter(pk=bot.pk).update(fee_in_base=False)
+    bot.refresh_from_db()
+    assert not parity_check(bot).ok

@@ -46,6 +46,10 @@ class Command(BaseCommand):
         parser.add_argument("--size", type=float, default=1.0)
         parser.add_argument("--fill", choices=["next_open", "close"], default="next_open")
         parser.add_argument("--allow-short", action="store_true")
+        parser.add_argument(
+            "--fee-in-base", action="store_true",
+            help="a buy's fee is taken from the coin bought (Binance's default rule)",
+        )  # fmt: skip
         parser.add_argument("--stop-loss", type=float)
         parser.add_argument("--take-profit", type=float)
         parser.add_argument("--trailing-stop", type=float)
@@ -75,6 +79,7 @@ class Command(BaseCommand):
                 instrument=found[0], timeframe=o["timeframe"], start=start, end=end,
                 enqueue=not o["local"], cash=o["cash"], fee=o["fee"], slippage=o["slippage"],
                 size=o["size"], fill=o["fill"], allow_short=o["allow_short"],
+                fee_in_base=o["fee_in_base"],
                 stop_loss=o["stop_loss"], take_profit=o["take_profit"],
                 trailing_stop=o["trailing_stop"],
             )  # fmt: skip
