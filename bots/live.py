@@ -32,7 +32,23 @@ places the exit at market even if the price has come back above the level meanwh
 position the unsettled order turns out to have closed is flat, and nothing is sent.
 
 The bot's ``paper_book`` is its ledger in live mode too: the allocated capital as cash, the
-position as the exchange filled it. It sizes entries exactly as in paper mode.
+position as the exchange filled it. It sizes entries exactly as in paper mode (with
+``Bot.fee_in_base`` a buy spends the whole committed cash: the exchange takes its fee from the
+coin bought).
+
+The exchange's fee and quantity rules (``exchange_rules``, ``_book``):
+
+* each fill's fee is recorded as the exchange charged it (``Fill.fee_cost`` in
+  ``fee_currency``: the quote currency, the coin bought, or a third asset such as BNB) and
+  valued in the quote currency at the fill (``Fill.fee``; a third asset at its 1m close);
+* the position is the coin the account received (a buy's quantity less a fee taken in the
+  coin), the cash moves by what the quote balance moved, a third-asset fee is in the trade's
+  P&L and the book's ``other_fees`` (the equity subtracts it);
+* an exit sells what the bot holds, rounded down to ccxt's amount precision (the lot step);
+  what cannot be sold (below the lot step, the minimum amount or notional) is dust: kept apart
+  on the book and the position, recorded (a ``dust`` ``BotEvent``, the decision log's
+  ``exchange_minimum`` check), never sent, never blocking an entry; the next entry takes it in.
+  An entry below the minimum is refused before it is sent, with the reason.
 
 Credentials are decrypted only to build the ccxt client; every error text recorded or logged
 passes through ``redact`` first.
