@@ -9,8 +9,10 @@ later, and outages spanning several steps.
 Checked after every step: client ids are unique (ours and the exchange's); the exchange holds no
 order we have no row for; an order whose answer never came is never ``rejected`` (nor any order
 the exchange holds), and one whose request is still on its way stays ``unknown``; a finished
-order agrees with the exchange; the bot's position is the signed sum of its finished orders'
-fills (an order moves the book when it ends, as ``CcxtBroker.apply`` does) and every fill is one
+order agrees with the exchange; the bot's position (with its dust) is the signed sum of the coin
+its finished orders' fills moved (a buy's quantity less a fee taken in the coin, in the run
+where the exchange takes it so; an order moves the book when it ends, as ``CcxtBroker.apply``
+does) and every fill is one
 of the exchange's trades; at most one order (and one request) per decision. After a
 reconciliation that reached the exchange: every order matches it (status, filled quantity,
 trades) and the account's balance change is the bot's.
@@ -86,10 +88,13 @@ SETTINGS = settings(
 )
 
 
-def live_bot(user: Any, server: FaultyBinance, *, key: str, label: str) -> Bot:
-    """A live bot (stopped) on ``server``, whose account ``key`` holds START_USDT. Its
-    strategy never leaves its warm-up (HOLD): candles only exercise the stop exits."""
-    server.add_account(key, SECRET, {"USDT": START_USDT})
+def live_bot(
+    user: Any, server: FaultyBinance, *, key: str, label: str, fee_mode: str = "quote"
+) -> Bot:
+    """A live bot (stopped) on ``server``, whose account ``key`` holds START_USDT and pays
+    fees as ``fee_mode`` says. Its strategy never leaves its warm-up (HOLD): candles only
+    exercise the stop exits."""
+    server.add_account(key, SECRET, {"USDT": START_USDT}, fee_mode=fee_mode)
     Exchange.objects.update_or_create(
         ccxt_id="binance",
         defaults={"name": "Binance (local)", "kind": Exchange.Kind.CCXT,
@@ -102,7 +107,15 @@ def live_bot(user: Any, server: FaultyBinance, *, key: str, label: str) -> Bot:
     return make_bot(
         user, instrument, name=label, mode=Bot.Mode.LIVE, account=account,
         parameters={"fast": 3, "slow": 50}, capital=CAPITAL, stop_loss=0.02,
+        fee_in_base=fee_mode == "base",
     )  # fmt: skip
+
+
+def moved(fill: Fill) -> Decimal:
+    """The coin a fill moved in the account: a buy's quantity less a fee taken in the coin."""
+    if fill.side == "buy":
+        return fill.quantity - (fill.fee_cost if fill.fee_currency == "BTC" else Decimal(0))
+    return -fill.quantity
 
 
 class OrderLifecycle(RuleBasedStateMachine):
@@ -110,6 +123,7 @@ class OrderLifecycle(RuleBasedStateMachine):
 
     user: ClassVar[Any] = None
     examples: ClassVar[int] = 0
+    fee_mode: ClassVar[str] = "quote"
 
     def __init__(self) -> None:
         super().__init__()
@@ -118,7 +132,8 @@ class OrderLifecycle(RuleBasedStateMachine):
         self.server = FaultyBinance(history_s=300, live_rate=0)
         self.server.start()
         self.key = f"sm-key-{n}"
-        self.bot = live_bot(self.user, self.server, key=self.key, label=f"sm-{n}")
+        self.bot = live_bot(self.user, self.server, key=self.key, label=f"sm-{n}",
+                            fee_mode=self.fee_mode)  # fmt: skip
         self.minute = 0
         self.down = False  # an outage spanning steps
         self.outages = self.stops = 0
@@ -342,12 +357,14 @@ class OrderLifecycle(RuleBasedStateMachine):
             assert mine == {str(t["id"]) for t in trades if t["orderId"] == theirs["orderId"]}
         # The account's balance change is the bot's fills, all of them.
         fills = Fill.objects.filter(bot_id=self.bot.pk)
-        held = sum((f.quantity if f.side == "buy" else -f.quantity for f in fills), Decimal(0))
+        held = sum((moved(f) for f in fills), Decimal(0))
         balance = self.server.total_balance(self.key)
         assert balance.get("BTC", Decimal(0)) == held
         if not any(o.status in Order.ACTIVE for o in self.orders()):
             bot = self.fresh_bot()
-            assert float(bot.paper_book.get("units", 0.0)) == pytest.approx(float(held), abs=1e-9)
+            book = bot.paper_book
+            booked = float(book.get("units", 0.0)) + float(book.get("dust", 0.0))
+            assert booked == pytest.approx(float(held), abs=1e-9)
             usdt = float(balance["USDT"] - START_USDT)
             assert float(bot.cash) - CAPITAL == pytest.approx(usdt, abs=1e-6)
 
@@ -393,12 +410,13 @@ class OrderLifecycle(RuleBasedStateMachine):
             assert str(trade["orderId"]) == fill.order.exchange_order_id
             assert Decimal(trade["qty"]) == fill.quantity
             if fill.order.status not in Order.ACTIVE:
-                finished += fill.quantity if fill.side == "buy" else -fill.quantity
+                finished += moved(fill)
         bot = self.fresh_bot()
         units = float((bot.paper_book or {}).get("units", 0.0))
-        assert units == pytest.approx(float(finished), abs=1e-9)
+        dust = float((bot.paper_book or {}).get("dust", 0.0))
+        assert units + dust == pytest.approx(float(finished), abs=1e-9)
         position = Position.objects.get(bot_id=bot.pk)
-        assert float(position.quantity) == pytest.approx(float(finished), abs=1e-9)
+        assert float(position.quantity + position.dust) == pytest.approx(float(finished), abs=1e-9)
         assert bot.status == (Bot.Status.RUNNING if self.running else Bot.Status.STOPPED)
         self.long = units > 0
         self.ready = (
@@ -408,9 +426,13 @@ class OrderLifecycle(RuleBasedStateMachine):
         )
 
 
-def test_the_live_order_lifecycle_holds_under_exchange_faults(user, settings):
+@pytest.mark.parametrize("fee_mode", ["quote", "base"])
+def test_the_live_order_lifecycle_holds_under_exchange_faults(user, settings, fee_mode):
+    """In both fee rules: the quote currency, and the coin bought (Binance's default), where
+    the position is the coin received and exits are rounded down to the lot step."""
     settings.TRADEAPP_LIVE_TRADING = True
     OrderLifecycle.user = user
+    OrderLifecycle.fee_mode = fee_mode
     run_state_machine_as_test(OrderLifecycle, settings=SETTINGS)
 
 
