@@ -95,6 +95,13 @@ async def wait_for(condition, timeout: float, message: str) -> None:
 async def test_collection_rejects_malformed_payloads_with_reasons_and_misses_no_candle(
     binance, hostile
 ):
+    # The REST step below must not cross a minute boundary: today a trade that reaches the
+    # collector more than the grace after its minute closed is refused as "not after the last
+    # closed candle" (a known limit of the collector, to be fixed with the unified collection
+    # work; this test is about malformed payloads). Steps 1-2 take about 12 s (seen in CI):
+    # start them in the first 20 s of a minute.
+    if hostile.now_ms() % MIN > 20_000:
+        await asyncio.sleep((MIN - hostile.now_ms() % MIN) / 1000 + 0.5)
     instrument = await sync_to_async(binance.instruments.get)()
     start = hostile.now_ms()
     history_from = (start - 8 * MIN) // MIN * MIN
