@@ -49,6 +49,14 @@ def fund(server: FakeBinance, mode: str, *, usdt: Decimal = START_USDT) -> None:
         server.set_price("BNB/USDT", BNB_PRICE)
 
 
+def started(user, server: FakeBinance, **overrides) -> Bot:
+    """A live bot on ``server``, started (reconciled), BTC/USDT at 30,000 USDT."""
+    bot = live_bot(user, server, **overrides)
+    assert services.bot_start(bot_id=bot.pk)
+    server.set_price("BTC/USDT", 30_000)
+    return bot
+
+
 def held(bot: Bot) -> float:
     """The coin the bot books: its position and its dust."""
     bot.refresh_from_db()
@@ -135,9 +143,7 @@ def test_ten_round_trips_every_order_accepted_and_the_position_is_the_balance(us
 def test_a_base_fee_buy_books_the_coin_received_and_the_exit_sells_it_on_the_lot_step(user, live):
     with exchange("base", lot_step="0.001", min_qty="0.001") as server:
         fund(server, "base")
-        bot = live_bot(user, server, fee_in_base=True)
-        assert services.bot_start(bot_id=bot.pk)
-        server.set_price("BTC/USDT", 30_000)
+        bot = started(user, server, fee_in_base=True)
         decide(bot, "BUY", 1)
         (fill,) = Fill.objects.filter(bot=bot, side="buy")
         # 10,000 USDT buys 0.333 BTC (the lot step); the exchange keeps 0.1 % of it.
@@ -183,9 +189,7 @@ def test_a_base_fee_buy_books_the_coin_received_and_the_exit_sells_it_on_the_lot
 def test_a_position_below_the_minimum_notional_is_dust_never_sent_and_blocks_no_entry(user, live):
     with exchange("quote", min_notional="50") as server:
         fund(server, "quote")
-        bot = live_bot(user, server, capital=300, max_position_fraction=0.25)
-        assert services.bot_start(bot_id=bot.pk)
-        server.set_price("BTC/USDT", 30_000)
+        bot = started(user, server, capital=300, max_position_fraction=0.25)
         assert decide(bot, "BUY", 1).executed
         units = held(bot)
         assert units == pytest.approx(0.00249, abs=1e-15)  # 74.93 USDT at 30,000, lot 1e-5
@@ -222,9 +226,7 @@ def test_a_position_below_the_minimum_notional_is_dust_never_sent_and_blocks_no_
 def test_an_entry_below_the_minimum_is_refused_before_it_is_sent(user, live):
     with exchange("quote") as server:
         fund(server, "quote")
-        bot = live_bot(user, server, capital=4)
-        assert services.bot_start(bot_id=bot.pk)
-        server.set_price("BTC/USDT", 30_000)
+        bot = started(user, server, capital=4)
         live_module._clients.clear()  # a worker process whose client has no markets yet
         row = decide(bot, "BUY", 1)
         assert not row.executed
@@ -239,9 +241,7 @@ def test_an_entry_below_the_minimum_is_refused_before_it_is_sent(user, live):
 def test_partial_fills_book_each_fee_in_its_asset(user, live, mode):
     with exchange(mode, FaultyBinance) as server:
         fund(server, mode)
-        bot = live_bot(user, server, fee_in_base=mode == "base")
-        assert services.bot_start(bot_id=bot.pk)
-        server.set_price("BTC/USDT", 30_000)
+        bot = started(user, server, fee_in_base=mode == "base")
         server.rest_next_order(0.4)
         decide(bot, "BUY", 1)
         buy = Order.objects.get(bot=bot)
@@ -278,9 +278,7 @@ def test_partial_fills_book_each_fee_in_its_asset(user, live, mode):
 def test_a_fee_in_a_third_asset_is_valued_at_its_fill_and_counted_in_pnl_not_cash(user, live):
     with exchange("bnb") as server:
         fund(server, "bnb")
-        bot = live_bot(user, server)
-        assert services.bot_start(bot_id=bot.pk)
-        server.set_price("BTC/USDT", 30_000)
+        bot = started(user, server)
         decide(bot, "BUY", 1)
         (fill,) = Fill.objects.filter(bot=bot)
         # 9,990.00 USDT of BTC (0.333 BTC); 0.075 % of it in BNB at 600 USDT.
@@ -302,9 +300,7 @@ def test_a_fee_in_a_third_asset_is_valued_at_its_fill_and_counted_in_pnl_not_cas
 def test_the_api_and_the_page_show_each_fee_with_its_asset(user, live, client):
     with exchange("base") as server:
         fund(server, "base")
-        bot = live_bot(user, server, fee_in_base=True)
-        assert services.bot_start(bot_id=bot.pk)
-        server.set_price("BTC/USDT", 30_000)
+        bot = started(user, server, fee_in_base=True)
         decide(bot, "BUY", 1)
         client.force_login(user)
         (order,) = client.get(f"/api/orders/?bot={bot.pk}").json()["results"]
@@ -321,9 +317,7 @@ def test_the_api_and_the_page_show_each_fee_with_its_asset(user, live, client):
 def test_reconciliation_finds_a_balance_mismatch_stops_entries_and_clears_it(user, live):
     with exchange("base") as server:
         fund(server, "base")
-        bot = live_bot(user, server, fee_in_base=True)
-        assert services.bot_start(bot_id=bot.pk)
-        server.set_price("BTC/USDT", 30_000)
+        bot = started(user, server, fee_in_base=True)
         decide(bot, "BUY", 1)
         decide(bot, "SELL", 2)
         bot.refresh_from_db()
@@ -393,9 +387,7 @@ def test_bots_sharing_an_account_are_compared_with_what_the_others_book(user, li
 def test_a_stop_exit_on_a_base_fee_exchange_sells_what_is_held(user, live):
     with exchange("base") as server:
         fund(server, "base")
-        bot = live_bot(user, server, fee_in_base=True, stop_loss=0.01)
-        assert services.bot_start(bot_id=bot.pk)
-        server.set_price("BTC/USDT", 30_000)
+        bot = started(user, server, fee_in_base=True, stop_loss=0.01)
         decide(bot, "BUY", 1)
         server.set_price("BTC/USDT", 29_500)
         close_candle(bot, 2, (30_000, 30_010, 29_400, 29_500))
@@ -442,9 +434,7 @@ def test_the_parity_check_of_a_live_bot_models_the_exchanges_fee_and_lot_rules(u
 def test_adopting_the_accounts_balance_is_a_transfer_that_leaves_the_pnl_alone(user, live, client):
     with exchange("base") as server:
         fund(server, "base")
-        bot = live_bot(user, server, fee_in_base=True)
-        assert services.bot_start(bot_id=bot.pk)
-        server.set_price("BTC/USDT", 30_000)
+        bot = started(user, server, fee_in_base=True)
         decide(bot, "BUY", 1)
         bot.refresh_from_db()
         pnl_before = float(bot.equity) - float(bot.capital)
