@@ -183,9 +183,15 @@ class RunForm(forms.Form):
             self.strategy_fields[name] = self.add_parameter_fields(name, cls)
 
     def add_parameter_fields(self, strategy: str, cls: type) -> list[str]:
-        """Add ``strategy``'s parameter fields; return their names. Each form defines its own
-        (``BacktestForm``: one value per parameter; ``OptimizationForm``: a range or list)."""
-        raise NotImplementedError  # abstract: RunForm is only used through its two subclasses
+        """Add ``strategy``'s parameter fields; return their names. Here one value per
+        parameter, at its default (a backtest); ``OptimizationForm`` asks a range or list."""
+        names = []
+        for spec in cls.parameter_specs:
+            key = f"{strategy}{SEP}{spec.name}"
+            self.fields[key] = parameter_field(spec)
+            self.initial.setdefault(key, spec.default)
+            names.append(key)
+        return names
 
     @property
     def chosen_strategy(self) -> str:
@@ -234,8 +240,10 @@ class RunForm(forms.Form):
         return fields | {name: data.get(name) for name in OPTION_FIELDS}
 
     def parameter_error_field(self, exc: StrategyParameterError) -> str | None:
-        """The form field a strategy's refusal belongs to (None: above the form); per form."""
-        raise NotImplementedError  # abstract: RunForm is only used through its two subclasses
+        """The form field a strategy's refusal belongs to (None: above the form): here the
+        parameter's one field; ``OptimizationForm`` picks among its range and list."""
+        strategy = self.cleaned_data.get("strategy")
+        return f"{strategy}{SEP}{exc.parameter}" if exc.parameter and strategy else None
 
     def add_strategy_error(self, exc: StrategyParameterError) -> None:
         """Show a strategy's refusal next to the parameter it names (else above the form)."""
@@ -244,16 +252,7 @@ class RunForm(forms.Form):
 
 
 class BacktestForm(RunForm):
-    """``/backtests/new/``: one backtest."""
-
-    def add_parameter_fields(self, strategy: str, cls: type) -> list[str]:
-        names = []
-        for spec in cls.parameter_specs:
-            key = f"{strategy}{SEP}{spec.name}"
-            self.fields[key] = parameter_field(spec)
-            self.initial.setdefault(key, spec.default)
-            names.append(key)
-        return names
+    """``/backtests/new/``: one backtest (``RunForm``'s one field per parameter)."""
 
     def parameters(self) -> dict[str, Any]:
         """The chosen strategy's submitted parameters; an empty input takes the default."""
@@ -267,10 +266,6 @@ class BacktestForm(RunForm):
             elif value is not None and value != "":
                 values[spec.name] = value
         return values
-
-    def parameter_error_field(self, exc: StrategyParameterError) -> str | None:
-        strategy = self.cleaned_data.get("strategy")
-        return f"{strategy}{SEP}{exc.parameter}" if exc.parameter and strategy else None
 
     @classmethod
     def initial_from(cls, run: BacktestRun | OptimizationRun, parameters: dict[str, Any]) -> dict:
