@@ -172,22 +172,36 @@ def _dust_tolerance(broker: CcxtBroker, price: float | None) -> float:
     return tolerance * (1 + 1e-9) + 1e-12
 
 
-def _compare_balance(bot: Bot, broker: CcxtBroker, outcome: Outcome) -> None:
-    """Step 3 of the module docstring."""
+class BalanceError(Exception):
+    """The account's balance cannot be compared or adopted now (why)."""
+
+
+def _account_view(bot: Bot, broker: CcxtBroker) -> tuple[float, float, float]:
+    """``(booked, others, account)``: the coin ``bot`` books, what the account's other live
+    bots book of it, and the account's balance of it (free and locked), read while nothing
+    moves them: ``BalanceError`` while an order is in flight or when a fill is booked during
+    the read."""
     base = bot.instrument.base
     before = _holdings(bot, base)
     if before[1]:
-        outcome.balance = "waiting: an order is in flight"
-        return
+        raise BalanceError("an order of the account's bots is in flight")
     balance = broker.client.fetch_balance()
-    after = _holdings(bot, base)
-    if after != before:
-        outcome.balance = "waiting: a fill was booked meanwhile"
-        return
-    held = after[0]
-    booked = held.get(bot.pk, 0.0)
+    if _holdings(bot, base) != before:
+        raise BalanceError("a fill was booked meanwhile")
+    held = before[0]
     others = sum(amount for pk, amount in held.items() if pk != bot.pk)
     account = float((balance.get("total") or {}).get(base) or 0.0)
+    return held.get(bot.pk, 0.0), others, account
+
+
+def _compare_balance(bot: Bot, broker: CcxtBroker, outcome: Outcome) -> None:
+    """Step 3 of the module docstring."""
+    base = bot.instrument.base
+    try:
+        booked, others, account = _account_view(bot, broker)
+    except BalanceError as exc:
+        outcome.balance = f"waiting: {exc}"
+        return
     mark = Position.objects.filter(bot_id=bot.pk).values_list("mark_price", flat=True).first()
     tolerance = _dust_tolerance(broker, float(mark) if mark else None)
     difference = account - others - booked
@@ -234,10 +248,6 @@ def _compare_balance(bot: Bot, broker: CcxtBroker, outcome: Outcome) -> None:
         publish_on_commit("system_events", {"type": f"bot.{kind}", **payload})
 
 
-class BalanceError(Exception):
-    """The account's balance cannot be adopted now (why)."""
-
-
 def balance_adopt(*, bot_id: int, actor: Any = None) -> str:
     """Resolve a balance mismatch by taking the account's word: the bot books the account's
     balance of its coin less what the account's other live bots book (never below 0). The
@@ -250,15 +260,11 @@ def balance_adopt(*, bot_id: int, actor: Any = None) -> str:
         raise BalanceError("only a live bot books an exchange account's balance")
     broker = CcxtBroker(bot)
     base = bot.instrument.base
-    before = _holdings(bot, base)
-    if before[1]:
-        raise BalanceError("an order of the account's bots is in flight: try once it is settled")
-    balance = broker.client.fetch_balance()
+    try:
+        _, others, account = _account_view(bot, broker)
+    except BalanceError as exc:
+        raise BalanceError(f"{exc}: try again once it is settled") from None
     price = float(broker.client.fetch_ticker(broker.symbol)["last"])
-    if _holdings(bot, base) != before:
-        raise BalanceError("a fill was booked meanwhile: try again")
-    others = sum(amount for pk, amount in before[0].items() if pk != bot.pk)
-    account = float((balance.get("total") or {}).get(base) or 0.0)
     target = max(account - others, 0.0)
     with transaction.atomic():
         locked = Bot.objects.select_for_update().get(pk=bot.pk)
