@@ -308,16 +308,23 @@ class CcxtBroker(Broker):
         except ccxt.InvalidOrder:  # ccxt's "amount must be greater than ... precision"
             return 0.0
 
+    def limits(self) -> tuple[float, float, float]:
+        """``(lot step, minimum amount, minimum notional)`` of the market, 0 where ccxt's
+        market data has none."""
+        market = self.market()
+        limits = market.get("limits") or {}
+        return (
+            float((market.get("precision") or {}).get("amount") or 0.0),
+            float((limits.get("amount") or {}).get("min") or 0.0),
+            float((limits.get("cost") or {}).get("min") or 0.0),
+        )
+
     def minimum_problem(self, amount: float, price: float) -> str | None:
         """Why an order of ``amount`` (already on the lot step) at about ``price`` is below
         the market's minimum amount or notional, or None."""
-        market = self.market()
-        limits = market.get("limits") or {}
-        min_amount = float((limits.get("amount") or {}).get("min") or 0.0)
-        min_cost = float((limits.get("cost") or {}).get("min") or 0.0)
+        step, min_amount, min_cost = self.limits()
         base, quote = self.bot.instrument.base, self.bot.instrument.quote
         if not amount > 0.0:
-            step = (market.get("precision") or {}).get("amount")
             return f"below the lot step {step:g} {base}" if step else "nothing to trade"
         if amount < min_amount:
             return f"{amount:.8g} {base} is below the minimum amount {min_amount:g} {base}"

@@ -160,13 +160,8 @@ def _holdings(bot: Bot, base: str) -> tuple[dict[int, float], bool, int]:
 def _dust_tolerance(broker: CcxtBroker, price: float | None) -> float:
     """The largest difference that is dust: the lot step, the minimum amount, and the
     minimum notional at ``price``, whichever is largest (a hair more for float noise)."""
-    market = broker.market()
-    limits = market.get("limits") or {}
-    tolerance = max(
-        float((market.get("precision") or {}).get("amount") or 0.0),
-        float((limits.get("amount") or {}).get("min") or 0.0),
-    )
-    min_cost = float((limits.get("cost") or {}).get("min") or 0.0)
+    step, min_amount, min_cost = broker.limits()
+    tolerance = max(step, min_amount)
     if price:
         tolerance = max(tolerance, min_cost / price)
     return tolerance * (1 + 1e-9) + 1e-12
