@@ -176,3 +176,38 @@ class OptimizationResult(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run_id} {self.parameters} {self.objective}"
+
+
+class OptimizationChunk(models.Model):
+    """One chunk of a grid or random search: its combinations, and where it is.
+
+    A search's chunks are stored when it fans out and sent to the ``backtests`` queue a few at
+    a time (``TRADEAPP_RESEARCH_CHUNKS_IN_FLIGHT`` per run): each finished chunk sends the next,
+    so a long search never fills the queue ahead of another user's runs. A chunk beats while it
+    runs; the watchdog sends a chunk whose worker went quiet again on its own, without waiting
+    for the rest of the run (``backtests.services.runs_recover_stale``)."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+
+    run = models.ForeignKey(OptimizationRun, on_delete=models.CASCADE, related_name="chunks")
+    index = models.PositiveIntegerField()
+    combinations = models.JSONField(help_text="The parameter combinations this chunk evaluates.")
+    state = models.CharField(max_length=8, choices=State.choices, default=State.PENDING)
+    sends = models.PositiveIntegerField(default=0, help_text="Times the chunk was sent.")
+    sent_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["run", "index"]
+        constraints = [models.UniqueConstraint(fields=["run", "index"], name="optchunk_run_index")]
+        indexes = [models.Index(fields=["state", "heartbeat_at"], name="optchunk_state_beat")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}#{self.index} {self.state}"

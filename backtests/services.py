@@ -19,15 +19,24 @@ import numpy as np
 import pandas as pd
 from django.conf import settings
 from django.db import DatabaseError, connections, transaction
-from django.db.models import Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from backtests.models import FINISHED, BacktestRun, OptimizationResult, OptimizationRun, RunStatus
+from backtests.models import (
+    FINISHED,
+    BacktestRun,
+    OptimizationChunk,
+    OptimizationResult,
+    OptimizationRun,
+    RunStatus,
+)
 from marketdata.models import Instrument
 from marketdata.selectors import candles_frame
 from strategies.base import BaseStrategy, StrategyParameterError
 from strategies.registry import get_strategy
+from tradeapp.db import retried, retry_transient
 from tradeapp.events import publish_on_commit
+from tradeapp.limits import Limits
 from tradeapp.pause import pause_point
 
 logger = logging.getLogger(__name__)
@@ -45,11 +54,17 @@ class RunSuperseded(Exception):
 #
 # A task is acknowledged late and rejected when its pool process dies, so Celery redelivers it
 # at once; but when the whole worker (or its machine) dies, or the broker loses the message, no
-# one redelivers it before the visibility timeout (an hour). Every run therefore beats while it
-# runs (``heartbeat_at``) and counts its starts (``attempts``); ``runs_recover_stale`` (the
-# ``backtests.recover_stale`` task, on the beat schedule) requeues runs with no sign of life or,
-# once their starts are used up, fails them. Each start fences the ones before it: a start
-# writes only while ``attempts`` still holds its own number.
+# one redelivers it before the visibility timeout (an hour). Every run, and every chunk of a
+# search, therefore beats while it runs (``heartbeat_at``, every ``TRADEAPP_RUN_HEARTBEAT``
+# seconds) and counts its starts (``attempts``; a chunk its ``sends``); ``runs_recover_stale``
+# (the ``backtests.recover_stale`` task, on the beat schedule every 15 seconds) sends again what
+# went quiet for ``TRADEAPP_RUN_STALE_AFTER`` seconds, so a dead worker's run resumes within a
+# minute, or, once its starts are used up, fails it. Each start fences the ones before it: a
+# start writes only while ``attempts`` still holds its own number; of two deliveries of one
+# chunk, the first to store its rows wins and the other stores nothing.
+#
+# Every write is a short transaction, run again when it loses a lock race
+# (``tradeapp.db.retried``): a busy database delays a run, it never fails it.
 
 #: Tests only (``tradeapp.pause``): "<point>:<marker file>" pauses the first run reaching
 #: ``point`` ("backtest", "chunk") so that a test can kill its worker there.
@@ -61,9 +76,16 @@ def _test_pause(point: str) -> None:
 
 
 def stale_after() -> timedelta:
-    """How long a queued or running run may go without a sign of life before the watchdog
-    takes it for lost (``TRADEAPP_RUN_STALE_AFTER`` seconds, default 10 minutes)."""
-    return timedelta(seconds=float(getattr(settings, "TRADEAPP_RUN_STALE_AFTER", 600)))
+    """How long a running run (or chunk) may go without a heartbeat before the watchdog takes
+    its worker for lost (``TRADEAPP_RUN_STALE_AFTER`` seconds, default 30)."""
+    return timedelta(seconds=float(getattr(settings, "TRADEAPP_RUN_STALE_AFTER", 30)))
+
+
+def queued_stale_after() -> timedelta:
+    """How long a queued run (or a sent chunk) may wait before its message is taken for lost
+    (``TRADEAPP_RUN_QUEUED_STALE_AFTER`` seconds, default 10 minutes): waiting in a busy queue
+    is normal, so this is longer than ``stale_after``."""
+    return timedelta(seconds=float(getattr(settings, "TRADEAPP_RUN_QUEUED_STALE_AFTER", 600)))
 
 
 def max_attempts() -> int:
@@ -71,35 +93,45 @@ def max_attempts() -> int:
     return int(getattr(settings, "TRADEAPP_RUN_MAX_ATTEMPTS", 3))
 
 
+def chunks_in_flight() -> int:
+    """Chunks of one search queued or running at a time (``TRADEAPP_RESEARCH_CHUNKS_IN_FLIGHT``)."""
+    return max(1, int(getattr(settings, "TRADEAPP_RESEARCH_CHUNKS_IN_FLIGHT", 2)))
+
+
 @contextmanager
-def _heartbeat(
-    model: type[BacktestRun | OptimizationRun], run_id: int, attempt: int | None
-) -> Iterator[None]:
-    """While the block runs, a thread stamps ``heartbeat_at`` every ``TRADEAPP_RUN_HEARTBEAT``
-    seconds (default 30): a long simulation stays visibly alive; a killed process goes quiet."""
-    interval = float(getattr(settings, "TRADEAPP_RUN_HEARTBEAT", 30))
+def _heartbeat(*beats: QuerySet) -> Iterator[None]:
+    """While the block runs, a thread stamps ``heartbeat_at`` on the rows of ``beats`` (the run,
+    and a chunk's own row) every ``TRADEAPP_RUN_HEARTBEAT`` seconds (default 10): a long
+    simulation stays visibly alive; a killed process goes quiet."""
+    interval = float(getattr(settings, "TRADEAPP_RUN_HEARTBEAT", 10))
     stop = threading.Event()
 
     def beat() -> None:
         try:
             while not stop.wait(interval):
-                rows = model.objects.filter(pk=run_id, status=RunStatus.RUNNING)
-                if attempt is not None:
-                    rows = rows.filter(attempts=attempt)
-                try:
-                    rows.update(heartbeat_at=timezone.now())
-                except DatabaseError as exc:  # a missed beat is not fatal; the next one retries
-                    logger.warning("run %s: heartbeat not stored: %r", run_id, exc)
+                for rows in beats:
+                    try:
+                        retry_transient(rows.update, heartbeat_at=timezone.now(), attempts=3)
+                    except DatabaseError as exc:  # a missed beat is not fatal: the next retries
+                        logger.warning("heartbeat of %s not stored: %r", rows.model.__name__, exc)
         finally:
             connections.close_all()  # this thread's own connections
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True)
+    thread = threading.Thread(target=beat, name="run-heartbeat", daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
         thread.join(10)
+
+
+def _beats(
+    model: type[BacktestRun | OptimizationRun], run_id: int, attempt: int | None
+) -> QuerySet:
+    """The rows a run's heartbeat stamps: the run while it runs (under ``attempt``, if given)."""
+    rows = model.objects.filter(pk=run_id, status=RunStatus.RUNNING)
+    return rows if attempt is None else rows.filter(attempts=attempt)
 
 
 def _lost_reason(run: BacktestRun | OptimizationRun, limit: int) -> str:
@@ -197,10 +229,16 @@ def _validated_parameters(strategy: str, parameters: dict[str, Any]) -> dict[str
 
 @transaction.atomic
 def backtest_submit(*, run: BacktestRun) -> BacktestRun:
-    """Validate a new (unsaved or queued) run, save it and queue it after commit."""
+    """Validate a new (unsaved or queued) run, save it and queue it after commit. A new run is
+    checked against its owner's limits (``tradeapp.limits``: bars, runs at once), raising
+    ``LimitExceeded`` before anything is stored."""
     run.parameters = _validated_parameters(run.strategy, run.parameters or {})
     if run.end <= run.start:
         raise ValueError("the period's end must be after its start")
+    if run.pk is None:  # the owner's limits (tradeapp.limits): bars, then runs at once
+        from tradeapp import limits
+
+        limits.check_research_run(run.owner, start=run.start, end=run.end, timeframe=run.timeframe)
     run.status = RunStatus.QUEUED
     run.save()
     transaction.on_commit(lambda: _enqueue_backtest(run.pk))
@@ -231,6 +269,9 @@ def backtest_create(
     if enqueue:
         return backtest_submit(run=run)
     run.parameters = _validated_parameters(strategy, parameters)
+    from tradeapp import limits
+
+    limits.check_research_run(user, start=start, end=end, timeframe=timeframe)
     run.save()
     return run
 
@@ -244,6 +285,7 @@ def _enqueue_backtest(run_id: int) -> None:
     run_backtest_task.apply_async((run_id,), task_id=task_id)
 
 
+@retried
 def _start(
     model: type[BacktestRun | OptimizationRun], run_id: int, task_id: str | None = None
 ) -> BacktestRun | OptimizationRun | None:
@@ -321,6 +363,7 @@ def _record_data(run: BacktestRun | OptimizationRun, frame: pd.DataFrame, cls: t
     ]
 
 
+@retried
 def _fail(
     model: type[BacktestRun | OptimizationRun],
     run_id: int,
@@ -338,7 +381,8 @@ def _fail(
 
 def backtest_execute(run_id: int, *, task_id: str | None = None) -> BacktestRun | None:
     """Run a stored backtest (in a worker): load candles, simulate, store the result.
-    ``task_id``: the Celery task's id (see ``_start``)."""
+    ``task_id``: the Celery task's id (see ``_start``). Every write is one short transaction,
+    run again when it loses a lock race (``tradeapp.db.retry_transient``)."""
     from backtests.engine import run_backtest
 
     run = _start(BacktestRun, run_id, task_id)
@@ -346,40 +390,47 @@ def backtest_execute(run_id: int, *, task_id: str | None = None) -> BacktestRun 
         return None
     attempt = run.attempts
     try:
-        with _heartbeat(BacktestRun, run_id, attempt):
+        with _heartbeat(_beats(BacktestRun, run_id, attempt)):
             cls = get_strategy(run.strategy)
             frame = _load(run)
             fields = _record_data(run, frame, cls)
-            if not BacktestRun.objects.filter(pk=run.pk, attempts=attempt).update(
-                progress=0.2, heartbeat_at=timezone.now(), **{f: getattr(run, f) for f in fields}
-            ):
+            if not retry_transient(
+                BacktestRun.objects.filter(pk=run.pk, attempts=attempt).update,
+                progress=0.2, heartbeat_at=timezone.now(), **{f: getattr(run, f) for f in fields},
+            ):  # fmt: skip
                 raise RunSuperseded
             _test_pause("backtest")
             _check_cancelled(BacktestRun, run_id)
             result = run_backtest(frame, cls, run.parameters, **run.engine_options())
         _check_cancelled(BacktestRun, run_id)
-        with transaction.atomic():
-            locked = BacktestRun.objects.select_for_update().get(pk=run_id)
-            if locked.status == RunStatus.CANCELLED:
-                raise RunCancelled
-            if locked.attempts != attempt or locked.status != RunStatus.RUNNING:
-                raise RunSuperseded
-            locked.metrics = _json_metrics(result.metrics)
-            locked.equity_blob = pack_equity(result.equity)
-            locked.trades_blob = pack_trades(result.trades)
-            locked.trades_count = len(result.trades)
-            locked.status = RunStatus.DONE
-            locked.progress = 1.0
-            locked.finished_at = timezone.now()
-            locked.save()
-            _progress(locked, 1.0, RunStatus.DONE)
-        return locked
+        return _backtest_store(run_id, attempt, result)
     except (RunCancelled, RunSuperseded):
         return BacktestRun.objects.get(pk=run_id)
     except Exception as exc:
         logger.exception("backtest %s failed", run_id)
         _fail(BacktestRun, run_id, exc, attempt)
         return BacktestRun.objects.get(pk=run_id)
+
+
+@retried
+@transaction.atomic
+def _backtest_store(run_id: int, attempt: int, result: Any) -> BacktestRun:
+    """Store a finished backtest's result, fenced by its start (``attempt``)."""
+    locked = BacktestRun.objects.select_for_update().get(pk=run_id)
+    if locked.status == RunStatus.CANCELLED:
+        raise RunCancelled
+    if locked.attempts != attempt or locked.status != RunStatus.RUNNING:
+        raise RunSuperseded
+    locked.metrics = _json_metrics(result.metrics)
+    locked.equity_blob = pack_equity(result.equity)
+    locked.trades_blob = pack_trades(result.trades)
+    locked.trades_count = len(result.trades)
+    locked.status = RunStatus.DONE
+    locked.progress = 1.0
+    locked.finished_at = timezone.now()
+    locked.save()
+    _progress(locked, 1.0, RunStatus.DONE)
+    return locked
 
 
 def _json_value(value: Any) -> Any:
@@ -493,24 +544,56 @@ def runs_send_unsent() -> int:
 
 
 def _chunks(run: OptimizationRun) -> list[list[dict[str, Any]]]:
-    """The run's combinations in chunks of ``CHUNK_SIZE``: the same on every call (random
-    search draws from the run's seed), so a lost chunk can be sent again by its index."""
+    """The run's combinations in chunks of ``CHUNK_SIZE``, the same on every call (random
+    search draws from the run's seed)."""
     combos = _combinations(run)
     return [combos[i : i + CHUNK_SIZE] for i in range(0, len(combos), CHUNK_SIZE)]
 
 
-def _send_chunks(run_id: int, chunks: dict[int, list[dict[str, Any]]]) -> None:
+def _send_chunks(run_id: int, indexes: list[int]) -> None:
     from celery import group
 
     from backtests.tasks import run_optimization_chunk_task
 
-    signatures = [run_optimization_chunk_task.s(run_id, i, combos) for i, combos in chunks.items()]
-    group(signatures).apply_async()
+    if indexes:
+        group(run_optimization_chunk_task.s(run_id, i) for i in indexes).apply_async()
+
+
+def _dispatch(run: OptimizationRun) -> list[int]:
+    """Send the run's next pending chunks, so that at most ``chunks_in_flight()`` of them are
+    queued or running (in the caller's transaction, the run locked; sent after commit). This
+    is what keeps research fair: a search's chunks enter the queue a few at a time, each
+    finished chunk sending the next, so another user's backtest queued meanwhile waits
+    behind a few chunks instead of the whole search. Returns the chunk indexes sent."""
+    chunks = OptimizationChunk.objects.filter(run=run)
+    busy = chunks.filter(
+        state__in=[OptimizationChunk.State.SENT, OptimizationChunk.State.RUNNING]
+    ).count()
+    free = chunks_in_flight() - busy
+    if free <= 0:
+        return []
+    pending = chunks.filter(state=OptimizationChunk.State.PENDING).order_by("index")
+    picked = list(pending.values_list("index", flat=True)[:free])
+    if picked:
+        chunks.filter(index__in=picked).update(
+            state=OptimizationChunk.State.SENT, sent_at=timezone.now(), heartbeat_at=None,
+            sends=F("sends") + 1, worker="",
+        )  # fmt: skip
+        run_id = run.pk
+        transaction.on_commit(lambda: _send_chunks(run_id, picked))
+    return picked
+
+
+#: Rows written or deleted per transaction when a search fans out or starts again: no single
+#: write holds the database (SQLite's one write lock, above all) for long.
+WRITE_BATCH = 200
 
 
 def optimization_execute(run_id: int, *, task_id: str | None = None) -> OptimizationRun | None:
     """Start an optimisation (in a worker): walk-forward runs here; grid and random searches
-    are split into chunks that run as a Celery group across every worker of the queue."""
+    are split into chunks, stored, and sent a few at a time (``_dispatch``) to every worker of
+    the queue. A restart (its worker was lost) begins again: rows of chunks that finished
+    before are deleted first, in bounded batches."""
     run = _start(OptimizationRun, run_id, task_id)
     if run is None:
         return None
@@ -520,32 +603,76 @@ def optimization_execute(run_id: int, *, task_id: str | None = None) -> Optimiza
         frame = _load(run)
         fields = _record_data(run, frame, cls)
         if run.method == OptimizationRun.Method.WALK_FORWARD:
-            with _heartbeat(OptimizationRun, run_id, attempt):
+            with _heartbeat(_beats(OptimizationRun, run_id, attempt)):
                 return _walk_forward(run, cls, frame, fields)
         chunks = _chunks(run)
-        with transaction.atomic():
-            locked = OptimizationRun.objects.select_for_update().get(pk=run_id)
-            if locked.attempts != attempt or locked.status != RunStatus.RUNNING:
-                return locked  # cancelled, or another start took it over
-            for field in fields:
-                setattr(locked, field, getattr(run, field))
-            # A restart (its worker was lost) begins again: rows of chunks that finished before
-            # would never be counted in chunks_done.
-            locked.results.all().delete()
-            locked.combinations = sum(len(chunk) for chunk in chunks)
-            locked.chunks_total = len(chunks)
-            locked.chunks_done = 0
-            locked.heartbeat_at = timezone.now()
-            locked.save(
-                update_fields=[*fields, "combinations", "chunks_total", "chunks_done",
-                               "heartbeat_at"]
-            )  # fmt: skip
-            transaction.on_commit(lambda: _send_chunks(run_id, dict(enumerate(chunks))))
-        return locked
+        combinations = sum(len(chunk) for chunk in chunks)
+        if not _fan_out_begin(run, attempt, fields, combinations):
+            return OptimizationRun.objects.get(pk=run_id)  # cancelled, or another start took it
+        for model in (OptimizationResult, OptimizationChunk):
+            _delete_batched(model.objects.filter(run_id=run_id))
+        for first in range(0, len(chunks), WRITE_BATCH):
+            _store_chunk_rows(run_id, attempt, chunks, first)
+        return _fan_out_end(run_id, attempt, len(chunks))
+    except RunSuperseded:
+        return OptimizationRun.objects.get(pk=run_id)
     except Exception as exc:
         logger.exception("optimisation %s failed", run_id)
         _fail(OptimizationRun, run_id, exc, attempt)
         return OptimizationRun.objects.get(pk=run_id)
+
+
+@retried
+@transaction.atomic
+def _fan_out_begin(
+    run: OptimizationRun, attempt: int, fields: list[str], combinations: int
+) -> bool:
+    locked = OptimizationRun.objects.select_for_update().get(pk=run.pk)
+    if locked.attempts != attempt or locked.status != RunStatus.RUNNING:
+        return False
+    for field in fields:
+        setattr(locked, field, getattr(run, field))
+    locked.combinations = combinations
+    locked.chunks_total = 0  # "not fanned out" until every chunk is stored (_fan_out_end)
+    locked.chunks_done = 0
+    locked.heartbeat_at = timezone.now()
+    locked.save(update_fields=[*fields, "combinations", "chunks_total", "chunks_done",
+                               "heartbeat_at"])  # fmt: skip
+    return True
+
+
+def _delete_batched(rows: QuerySet) -> None:
+    """Delete ``rows`` ``WRITE_BATCH * 25`` at a time, each batch its own short transaction."""
+    while ids := list(rows.values_list("pk", flat=True)[: WRITE_BATCH * 25]):
+        retry_transient(rows.model.objects.filter(pk__in=ids).delete)
+
+
+@retried
+@transaction.atomic
+def _store_chunk_rows(
+    run_id: int, attempt: int, chunks: list[list[dict[str, Any]]], first: int
+) -> None:
+    if not OptimizationRun.objects.filter(
+        pk=run_id, attempts=attempt, status=RunStatus.RUNNING
+    ).update(heartbeat_at=timezone.now()):
+        raise RunSuperseded
+    OptimizationChunk.objects.bulk_create(
+        OptimizationChunk(run_id=run_id, index=index, combinations=chunks[index])
+        for index in range(first, min(first + WRITE_BATCH, len(chunks)))
+    )
+
+
+@retried
+@transaction.atomic
+def _fan_out_end(run_id: int, attempt: int, chunks_total: int) -> OptimizationRun:
+    locked = OptimizationRun.objects.select_for_update().get(pk=run_id)
+    if locked.attempts != attempt or locked.status != RunStatus.RUNNING:
+        return locked
+    locked.chunks_total = chunks_total
+    locked.heartbeat_at = timezone.now()
+    locked.save(update_fields=["chunks_total", "heartbeat_at"])
+    _dispatch(locked)
+    return locked
 
 
 def _walk_forward(
@@ -559,147 +686,248 @@ def _walk_forward(
         objective=run.objective, **run.engine_options(),
     )  # fmt: skip
     windows = json.loads(result.windows.to_json(orient="records", date_format="iso"))
-    with transaction.atomic():
-        locked = OptimizationRun.objects.select_for_update().get(pk=run.pk)
-        if locked.status != RunStatus.RUNNING or locked.attempts != run.attempts:
-            return locked  # cancelled, or another start took it over
-        for field in fields:
-            setattr(locked, field, getattr(run, field))
-        locked.walk_forward = {
-            "windows": windows,
-            "equity": [None if not np.isfinite(v) else float(v) for v in result.equity],
-            "equity_index": [t.isoformat() for t in result.equity.index]
-            if isinstance(result.equity.index, pd.DatetimeIndex)
-            else list(range(len(result.equity))),
-            "trades": len(result.trades),
-        }
-        locked.best_metrics = _json_metrics(result.metrics)
-        locked.best_parameters = windows[-1].get("parameters", {}) if windows else {}
-        locked.combinations = len(windows)
-        locked.status = RunStatus.DONE
-        locked.progress = 1.0
-        locked.finished_at = timezone.now()
-        locked.save()
-        _progress(locked, 1.0, RunStatus.DONE)
+    return retry_transient(_walk_forward_store, run, fields, result, windows)
+
+
+@transaction.atomic
+def _walk_forward_store(
+    run: OptimizationRun, fields: list[str], result: Any, windows: list[dict[str, Any]]
+) -> OptimizationRun:
+    locked = OptimizationRun.objects.select_for_update().get(pk=run.pk)
+    if locked.status != RunStatus.RUNNING or locked.attempts != run.attempts:
+        return locked  # cancelled, or another start took it over
+    for field in fields:
+        setattr(locked, field, getattr(run, field))
+    locked.walk_forward = {
+        "windows": windows,
+        "equity": [None if not np.isfinite(v) else float(v) for v in result.equity],
+        "equity_index": [t.isoformat() for t in result.equity.index]
+        if isinstance(result.equity.index, pd.DatetimeIndex)
+        else list(range(len(result.equity))),
+        "trades": len(result.trades),
+    }
+    locked.best_metrics = _json_metrics(result.metrics)
+    locked.best_parameters = windows[-1].get("parameters", {}) if windows else {}
+    locked.combinations = len(windows)
+    locked.status = RunStatus.DONE
+    locked.progress = 1.0
+    locked.finished_at = timezone.now()
+    locked.save()
+    _progress(locked, 1.0, RunStatus.DONE)
     return locked
 
 
 def optimization_chunk(
-    run_id: int, index: int, combos: list[dict[str, Any]], *, worker: str = ""
+    run_id: int, index: int, combos: list[dict[str, Any]] | None = None, *, worker: str = ""
 ) -> int:
-    """Evaluate one chunk of an optimisation and store its rows; the last chunk finishes the run.
-    Idempotent: a redelivered chunk whose rows are stored does nothing."""
+    """Evaluate one stored chunk of an optimisation and store its rows; each chunk sends the
+    next (``_dispatch``) and the last one finishes the run. Idempotent: a redelivered chunk
+    whose rows are stored does nothing, and of two deliveries of one chunk the first to store
+    wins. ``combos``: ignored (messages sent before chunks were stored carried them)."""
     from backtests.optimize import sweep_chunk
     from backtests.parallel import frame_arrays
 
-    run = OptimizationRun.objects.filter(pk=run_id).first()
-    if run is None or run.status != RunStatus.RUNNING:
+    claimed = _chunk_claim(run_id, index, worker)
+    if claimed is None:
         return 0
-    if run.results.filter(chunk=index).exists():
-        return 0
+    run, chunk = claimed
+    beats = OptimizationChunk.objects.filter(
+        pk=chunk.pk, state=OptimizationChunk.State.RUNNING, sends=chunk.sends
+    )
     try:
-        OptimizationRun.objects.filter(pk=run_id).update(heartbeat_at=timezone.now())
-        with _heartbeat(OptimizationRun, run_id, None):
+        with _heartbeat(_beats(OptimizationRun, run_id, None), beats):
             _test_pause("chunk")
             arrays = frame_arrays(_load(run))
-            rows = sweep_chunk(arrays, run.strategy, combos, run.engine_options())
+            rows = sweep_chunk(arrays, run.strategy, chunk.combinations, run.engine_options())
     except Exception as exc:
         logger.exception("optimisation %s chunk %s failed", run_id, index)
         _fail(OptimizationRun, run_id, exc)
         return 0
-    cls = get_strategy(run.strategy)
-    names = [spec.name for spec in cls.parameter_specs]
-    with transaction.atomic():
-        locked = OptimizationRun.objects.select_for_update().get(pk=run_id)
-        if locked.status != RunStatus.RUNNING or locked.results.filter(chunk=index).exists():
-            return 0
-        OptimizationResult.objects.bulk_create(
-            OptimizationResult(
-                run=locked, chunk=index, worker=worker[:200],
-                parameters={k: _json_value(row[k]) for k in names if k in row},
-                metrics={k: _json_value(v) for k, v in row.items() if k not in names},
-                objective=_json_value(row.get(locked.objective)),
-            )
-            for row in rows
-        )  # fmt: skip
-        locked.chunks_done += 1
-        locked.progress = locked.chunks_done / max(locked.chunks_total, 1)
-        locked.heartbeat_at = timezone.now()
-        if locked.chunks_done >= locked.chunks_total:
-            _finish_optimization(locked)
-        locked.save()
-        _progress(locked, locked.progress)
+    if _chunk_store(run_id, index, rows, worker):
+        _finish_optimization(run_id)
     return len(rows)
 
 
-def _finish_optimization(run: OptimizationRun) -> None:
+@retried
+@transaction.atomic
+def _chunk_claim(
+    run_id: int, index: int, worker: str
+) -> tuple[OptimizationRun, OptimizationChunk] | None:
+    """Mark a chunk running on ``worker``; None when its run is not running or the chunk is
+    done (or unknown: a message of a run that fanned out again since)."""
+    run = OptimizationRun.objects.filter(pk=run_id).first()
+    if run is None or run.status != RunStatus.RUNNING:
+        return None
+    chunk = OptimizationChunk.objects.select_for_update().filter(run_id=run_id, index=index).first()
+    if chunk is None or chunk.state == OptimizationChunk.State.DONE:
+        return None
+    now = timezone.now()
+    chunk.state = OptimizationChunk.State.RUNNING
+    chunk.started_at = chunk.heartbeat_at = now
+    chunk.worker = worker[:200]
+    chunk.save(update_fields=["state", "started_at", "heartbeat_at", "worker"])
+    OptimizationRun.objects.filter(pk=run_id).update(heartbeat_at=now)
+    return run, chunk
+
+
+@retried
+@transaction.atomic
+def _chunk_store(run_id: int, index: int, rows: list[dict[str, Any]], worker: str) -> bool:
+    """Store a chunk's rows (about ``CHUNK_SIZE``: one short write) and send the next chunk.
+    True when it was the last: the caller finishes the run outside this transaction."""
+    locked = OptimizationRun.objects.select_for_update().get(pk=run_id)
+    chunk = OptimizationChunk.objects.select_for_update().filter(run_id=run_id, index=index).first()
+    if locked.status != RunStatus.RUNNING or chunk is None:
+        return False
+    if chunk.state == OptimizationChunk.State.DONE:
+        return False  # another delivery of the chunk stored it first
+    names = [spec.name for spec in get_strategy(locked.strategy).parameter_specs]
+    OptimizationResult.objects.bulk_create(
+        OptimizationResult(
+            run=locked, chunk=index, worker=worker[:200],
+            parameters={k: _json_value(row[k]) for k in names if k in row},
+            metrics={k: _json_value(v) for k, v in row.items() if k not in names},
+            objective=_json_value(row.get(locked.objective)),
+        )
+        for row in rows
+    )  # fmt: skip
+    now = timezone.now()
+    chunk.state = OptimizationChunk.State.DONE
+    chunk.finished_at = now
+    chunk.worker = worker[:200]
+    chunk.save(update_fields=["state", "finished_at", "worker"])
+    locked.chunks_done += 1
+    locked.progress = locked.chunks_done / max(locked.chunks_total, 1)
+    locked.heartbeat_at = now
+    locked.save(update_fields=["chunks_done", "progress", "heartbeat_at"])
+    _progress(locked, locked.progress)
+    if locked.chunks_done >= locked.chunks_total:
+        return True
+    _dispatch(locked)
+    return False
+
+
+def _finish_optimization(run_id: int) -> None:
+    """Rank a finished search's rows and mark it done. The ranking reads every row (100,000 for
+    the largest grid) outside any write transaction; only the result is written, briefly."""
     from backtests.optimize import rank
 
+    objective = OptimizationRun.objects.values_list("objective", flat=True).get(pk=run_id)
     rows = [
-        {**r.parameters, **r.metrics, "_id": r.pk}
-        for r in run.results.all().only("parameters", "metrics")
+        {**parameters, **metrics, "_id": pk}
+        for pk, parameters, metrics in OptimizationResult.objects.filter(run_id=run_id)
+        .values_list("pk", "parameters", "metrics")
+        .iterator(chunk_size=5000)
     ]
-    if rows:
-        best = rank(pd.DataFrame(rows), run.objective).iloc[0]
-        chosen = run.results.get(pk=int(best["_id"]))
+    best = int(rank(pd.DataFrame(rows), objective).iloc[0]["_id"]) if rows else None
+    _finish_store(run_id, best)
+
+
+@retried
+@transaction.atomic
+def _finish_store(run_id: int, best: int | None) -> None:
+    run = OptimizationRun.objects.select_for_update().get(pk=run_id)
+    if run.status != RunStatus.RUNNING or run.chunks_done < run.chunks_total:
+        return
+    if best is not None:
+        chosen = OptimizationResult.objects.get(pk=best)
         run.best_parameters = chosen.parameters
         run.best_metrics = chosen.metrics
     run.status = RunStatus.DONE
     run.progress = 1.0
-    run.finished_at = timezone.now()
+    run.finished_at = run.heartbeat_at = timezone.now()
+    run.save(update_fields=["best_parameters", "best_metrics", "status", "progress",
+                            "finished_at", "heartbeat_at"])  # fmt: skip
+    _progress(run, 1.0, RunStatus.DONE)
 
 
 def runs_recover_stale(
-    *, stale_for: timedelta | None = None, attempts: int | None = None
+    *,
+    stale_for: timedelta | None = None,
+    attempts: int | None = None,
+    queued_for: timedelta | None = None,
 ) -> dict[str, int]:
-    """The watchdog (``backtests.recover_stale``, on the beat schedule): every queued or running
-    run with no sign of life (``heartbeat_at``: sent, started, progressed or beat) for
-    ``stale_for`` (default ``stale_after()``) lost its worker or its message. A running one
-    that has had ``attempts`` starts (default ``max_attempts()``) is failed with the reason;
-    others are sent again: a backtest, an optimisation that had not fanned out, and a queued
-    run as a new task (its old message, should it come back, finds the run taken: ``_start``);
-    the chunks of a fanned-out optimisation that stored no rows as new chunk tasks. Each run is
-    decided under its row lock, so a redelivered task and the watchdog do not both act on it.
-    Returns counts of runs requeued and failed."""
-    cutoff = timezone.now() - (stale_for if stale_for is not None else stale_after())
+    """The watchdog (``backtests.recover_stale``, on the beat schedule every 15 seconds).
+
+    * A running run with no sign of life (``heartbeat_at``: started, progressed or beat) for
+      ``stale_for`` (default ``stale_after()``, 30 s) lost its worker; a queued one with none
+      for ``queued_for`` (default ``queued_stale_after()``, or ``stale_for`` when only that is
+      given) lost its message. A running one that has had ``attempts`` starts (default
+      ``max_attempts()``) is failed with the reason; others are sent again as a new task (an
+      old message, should it come back, finds the run taken: ``_start``).
+    * A fanned-out search is looked after chunk by chunk, whatever its other chunks do: a
+      running chunk quiet for ``stale_for``, or a sent one not started for ``queued_for``, is
+      sent again (the run fails once one chunk has had ``attempts`` sends); a search whose
+      chunks are all stored is finished; one with nothing in flight gets its next chunks.
+
+    Each run is decided under its row lock, so a redelivered task and the watchdog do not both
+    act on it. Returns counts of runs requeued (or with chunks sent again) and failed."""
+    now = timezone.now()
+    if queued_for is None:
+        queued_for = stale_for if stale_for is not None else queued_stale_after()
+    if stale_for is None:
+        stale_for = stale_after()
+    running_cutoff, queued_cutoff = now - stale_for, now - queued_for
     limit = attempts if attempts is not None else max_attempts()
     counts = {"requeued": 0, "failed": 0}
-    quiet = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
+    quiet_running = Q(status=RunStatus.RUNNING) & (
+        Q(heartbeat_at__lt=running_cutoff)
+        | Q(heartbeat_at__isnull=True, created_at__lt=running_cutoff)
+    )
+    quiet_queued = Q(status=RunStatus.QUEUED) & (
+        Q(heartbeat_at__lt=queued_cutoff)
+        | Q(heartbeat_at__isnull=True, created_at__lt=queued_cutoff)
+    )
+    fanned_out = OptimizationRun.objects.filter(status=RunStatus.RUNNING, chunks_total__gt=0)
+    searches = set(fanned_out.filter(chunks__isnull=False).values_list("pk", flat=True))
     for model in (BacktestRun, OptimizationRun):
-        stale = model.objects.filter(quiet, status__in=[RunStatus.QUEUED, RunStatus.RUNNING])
-        for pk in stale.values_list("pk", flat=True):
-            outcome = _recover(model, pk, cutoff, limit)
+        rows = model.objects.filter(quiet_running | quiet_queued)
+        for pk in rows.values_list("pk", flat=True):
+            if model is OptimizationRun and pk in searches:
+                continue  # looked after chunk by chunk, below
+            outcome = _recover(model, pk, running_cutoff, queued_cutoff, limit)
             if outcome:
                 counts[outcome] += 1
+    lost_chunks = OptimizationChunk.objects.filter(
+        Q(state=OptimizationChunk.State.RUNNING, heartbeat_at__lt=running_cutoff)
+        | Q(state=OptimizationChunk.State.SENT, sent_at__lt=queued_cutoff),
+        run__status=RunStatus.RUNNING,
+    )
+    to_check = set(lost_chunks.values_list("run_id", flat=True))
+    to_check |= set(
+        fanned_out.filter(pk__in=searches)
+        .filter(Q(heartbeat_at__lt=running_cutoff) | Q(chunks_done__gte=F("chunks_total")))
+        .values_list("pk", flat=True)
+    )
+    for pk in sorted(to_check):
+        outcome = _recover_search(pk, running_cutoff, queued_cutoff, limit)
+        if outcome:
+            counts[outcome] += 1
     if counts["requeued"] or counts["failed"]:
         logger.warning("runs of lost workers: %s", counts)
     return counts
 
 
+@retried
 @transaction.atomic
 def _recover(
-    model: type[BacktestRun | OptimizationRun], run_id: int, cutoff: datetime, limit: int
+    model: type[BacktestRun | OptimizationRun],
+    run_id: int,
+    running_cutoff: datetime,
+    queued_cutoff: datetime,
+    limit: int,
 ) -> str | None:
     run = model.objects.select_for_update().filter(pk=run_id).first()
     if run is None or run.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
         return None  # finished since the query
+    cutoff = running_cutoff if run.status == RunStatus.RUNNING else queued_cutoff
     if (run.heartbeat_at or run.created_at) >= cutoff:
         return None  # alive again since the query
     now = timezone.now()
     if run.status == RunStatus.RUNNING and run.attempts >= limit:
         _mark_failed(run, _lost_reason(run, limit), now)
         return "failed"
-    fanned_out = isinstance(run, OptimizationRun) and run.chunks_total > 0
-    if run.status == RunStatus.RUNNING and fanned_out:
-        # The chunks on a lost worker stay unacknowledged in the broker until its visibility
-        # timeout: send the ones that stored nothing again (a chunk is idempotent).
-        done = set(run.results.values_list("chunk", flat=True).distinct())
-        missing = {i: c for i, c in enumerate(_chunks(run)) if i not in done}
-        run.attempts += 1
-        run.heartbeat_at = now
-        run.save(update_fields=["attempts", "heartbeat_at"])
-        transaction.on_commit(lambda: _send_chunks(run_id, missing))
-        return "requeued"
+    # A search that had not stored all its chunks starts again (its start deletes them).
     run.status = RunStatus.QUEUED
     run.progress = 0.0
     run.save(update_fields=["status", "progress"])
@@ -707,6 +935,61 @@ def _recover(
     enqueue = _enqueue_backtest if isinstance(run, BacktestRun) else _enqueue_optimization
     transaction.on_commit(lambda: enqueue(run_id))
     return "requeued"
+
+
+def _recover_search(
+    run_id: int, running_cutoff: datetime, queued_cutoff: datetime, limit: int
+) -> str | None:
+    """The watchdog's care of one fanned-out search (``runs_recover_stale``)."""
+    outcome, finish = _recover_chunks(run_id, running_cutoff, queued_cutoff, limit)
+    if finish:
+        _finish_optimization(run_id)
+    return outcome
+
+
+@retried
+@transaction.atomic
+def _recover_chunks(
+    run_id: int, running_cutoff: datetime, queued_cutoff: datetime, limit: int
+) -> tuple[str | None, bool]:
+    run = OptimizationRun.objects.select_for_update().filter(pk=run_id).first()
+    if run is None or run.status != RunStatus.RUNNING or not run.chunks_total:
+        return None, False
+    if run.chunks_done >= run.chunks_total:
+        return None, True  # every chunk stored; its finish was lost
+    lost = list(
+        OptimizationChunk.objects.filter(
+            Q(state=OptimizationChunk.State.RUNNING, heartbeat_at__lt=running_cutoff)
+            | Q(state=OptimizationChunk.State.SENT, sent_at__lt=queued_cutoff),
+            run=run,
+        )
+    )
+    used_up = [chunk for chunk in lost if chunk.sends >= limit]
+    if used_up:
+        chunk = used_up[0]
+        _mark_failed(
+            run,
+            f"worker lost: chunk {chunk.index} had no sign of life since "
+            f"{(chunk.heartbeat_at or chunk.sent_at or run.created_at).isoformat()}, after "
+            f"{chunk.sends} send(s) (at most {limit}); the worker was killed or the broker "
+            "lost the task",
+            timezone.now(),
+        )
+        return "failed", False
+    if lost:
+        OptimizationChunk.objects.filter(pk__in=[c.pk for c in lost]).update(
+            state=OptimizationChunk.State.PENDING
+        )
+        logger.warning(
+            "optimisation %s: chunks %s lost their worker; sent again",
+            run_id, [c.index for c in lost],
+        )  # fmt: skip
+    sent = _dispatch(run)
+    if lost or sent:
+        run.heartbeat_at = timezone.now()
+        run.save(update_fields=["heartbeat_at"])
+        return "requeued", False
+    return None, False
 
 
 # --- checks for the pages' forms ----------------------------------------------------------------
@@ -757,10 +1040,6 @@ def _run_options_checked(run: BacktestRun | OptimizationRun) -> None:
 
 # --- creating optimisations and re-running runs (the API and the admin) -------------------------
 
-#: The most combinations one optimisation may try (the grid's size; random search's ``n_iter``):
-#: enumerating and checking a grid happens before anything is stored, in the request.
-OPTIMIZATION_MAX_COMBINATIONS = 100_000
-
 #: The settings a re-run copies: everything that defines the run, nothing it produced.
 _RUN_SETTINGS = (
     "owner", "strategy", "instrument", "timeframe", "start", "end", "cash", "fee", "slippage",
@@ -770,9 +1049,13 @@ _OPTIMIZATION_SETTINGS = ("method", "space", "objective", "n_iter", "seed", "tra
                           "test_bars")  # fmt: skip
 
 
-def _space_errors(run: OptimizationRun, cls: type[BaseStrategy]) -> list[str]:
+def _space_errors(run: OptimizationRun, cls: type[BaseStrategy], allowed: Limits) -> list[str]:
     """What is wrong with the run's search space: not an object, unknown parameters, values the
-    strategy refuses, or a grid beyond ``OPTIMIZATION_MAX_COMBINATIONS``."""
+    strategy refuses. A grid (a walk-forward window's included) beyond the owner's
+    ``allowed.combinations`` raises ``LimitExceeded``: its size is the product of the value
+    lists, known before anything is enumerated."""
+    from tradeapp.limits import check_combinations
+
     space = run.space if run.space is not None else {}
     if not isinstance(space, dict):
         return ["give a JSON object of parameter name -> list of values to try"]
@@ -783,41 +1066,53 @@ def _space_errors(run: OptimizationRun, cls: type[BaseStrategy]) -> list[str]:
     size = 1
     for values in grid.values():
         size *= max(len(values), 1)
-    if run.method == OptimizationRun.Method.GRID and size > OPTIMIZATION_MAX_COMBINATIONS:
-        return [
-            f"the grid holds {size:,} combinations; at most {OPTIMIZATION_MAX_COMBINATIONS:,} "
-            "(narrow it or use random search)"
-        ]
+    if run.method != OptimizationRun.Method.RANDOM:
+        check_combinations(allowed, size, method=run.method)
     return []
 
 
-def _has_combination(run: OptimizationRun, cls: type[BaseStrategy]) -> bool:
+def _has_combination(run: OptimizationRun, cls: type[BaseStrategy], allowed: Limits) -> bool:
     """Whether the run would try anything: a grid stops at its first valid combination; a
-    random search draws its combinations (at most ``OPTIMIZATION_MAX_COMBINATIONS``)."""
+    random search draws its combinations (at most the owner's ``allowed.combinations``)."""
     if run.method == OptimizationRun.Method.RANDOM:
-        return 1 <= run.n_iter <= OPTIMIZATION_MAX_COMBINATIONS and bool(_combinations(run))
+        return 1 <= run.n_iter <= allowed.combinations and bool(_combinations(run))
     return next(cls.parameter_grid(run.space or None), None) is not None
 
 
 def optimization_validate(*, run: OptimizationRun) -> None:
     """The checks ``optimization_submit`` makes (a space with at least one valid combination
-    included), the engine settings and the size limit, as a ``ValidationError`` keyed by the
-    run's field names (what forms and the API show next to the inputs). Stores nothing."""
+    included), the engine settings and the owner's size limits (``tradeapp.limits``:
+    combinations, bars; the owner's defaults when the run has none yet), as a
+    ``ValidationError`` keyed by the run's field names (what forms and the API show next to the
+    inputs): a ``LimitExceeded`` (400) when only limits refuse it. Stores nothing."""
     from django.core.exceptions import ValidationError
 
     from backtests.metrics import METRIC_NAMES
     from strategies.registry import UnknownStrategyError
+    from tradeapp.limits import SizeChecks, check_bars, check_combinations, limits_for
 
     try:
         cls = get_strategy(run.strategy)
     except UnknownStrategyError as exc:
         raise ValidationError({"strategy": [str(exc)]}) from exc
+    allowed = limits_for(run.owner if run.owner_id else None)
     errors: dict[str, list[str]] = {}
-    space = _space_errors(run, cls)
+    sizes = SizeChecks()
+    random = run.method == OptimizationRun.Method.RANDOM
+    if random and run.n_iter < 1:
+        errors["n_iter"] = [f"between 1 and {allowed.combinations:,}"]
+    elif random:
+        with sizes.checking():
+            check_combinations(allowed, run.n_iter, method="random")
+    space: list[str] = []
+    with sizes.checking():
+        space = _space_errors(run, cls, allowed)
+    if not (space or errors or sizes) and not _has_combination(run, cls, allowed):
+        space = ["the search space holds no valid combination"]
     if space:
         errors["space"] = space
-    elif not _has_combination(run, cls):
-        errors["space"] = ["the search space holds no valid combination"]
+    with sizes.checking():
+        check_bars(allowed, run.start, run.end, run.timeframe)
     try:
         run_options_validate(run.engine_options())
     except RunOptionsError as exc:
@@ -826,16 +1121,11 @@ def optimization_validate(*, run: OptimizationRun) -> None:
         errors["objective"] = [f"one of {', '.join(METRIC_NAMES)}"]
     if run.start and run.end and run.end <= run.start:
         errors["end"] = ["must be after start"]
-    if run.method == OptimizationRun.Method.RANDOM and not (
-        1 <= run.n_iter <= OPTIMIZATION_MAX_COMBINATIONS
-    ):
-        errors["n_iter"] = [f"between 1 and {OPTIMIZATION_MAX_COMBINATIONS:,}"]
     if run.method == OptimizationRun.Method.WALK_FORWARD:
         for name in ("train_bars", "test_bars"):
             if not getattr(run, name):
                 errors[name] = ["walk-forward needs a number of bars"]
-    if errors:
-        raise ValidationError(errors)
+    sizes.raise_with(errors)
 
 
 @transaction.atomic
@@ -862,6 +1152,9 @@ def optimization_create(
     )  # fmt: skip
     optimization_validate(run=run)
     run.full_clean(exclude=["owner", "space", "task_id"])
+    from tradeapp.limits import check_research_runs
+
+    check_research_runs(user)  # under the user's row lock, until this transaction ends
     try:
         return optimization_submit(run=run, enqueue=enqueue)
     except ValueError as exc:  # checked above already; kept as a 400, never a 500

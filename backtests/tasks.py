@@ -23,14 +23,17 @@ def run_optimization_task(self, run_id: int) -> str | None:
 
 
 @shared_task(name="backtests.optimize_chunk", bind=True)
-def run_optimization_chunk_task(self, run_id: int, index: int, combos: list[dict]) -> int:
-    """Evaluate one chunk of combinations on whichever worker takes it."""
-    return services.optimization_chunk(run_id, index, combos, worker=self.request.hostname or "")
+def run_optimization_chunk_task(
+    self, run_id: int, index: int, combos: list[dict] | None = None
+) -> int:
+    """Evaluate one stored chunk of combinations on whichever worker takes it (``combos``:
+    carried by messages sent before chunks were stored; unused)."""
+    return services.optimization_chunk(run_id, index, worker=self.request.hostname or "")
 
 
 @shared_task(name="backtests.recover_stale")
 def recover_stale_task() -> dict[str, int]:
-    """The watchdog of runs whose worker or message was lost (beat, every minute)."""
+    """The watchdog of runs whose worker or message was lost (beat, every 15 seconds)."""
     return services.runs_recover_stale()
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from django_celery_results.models import TaskResult
 
 from backtests import services
 from backtests.engine import run_backtest
-from backtests.models import BacktestRun, OptimizationRun, RunStatus
+from backtests.models import BacktestRun, OptimizationChunk, OptimizationRun, RunStatus
 from backtests.optimize import grid_search
 from backtests.tasks import recover_stale_task
 from marketdata.models import Exchange
@@ -152,11 +153,15 @@ def backtest(owner, instrument) -> BacktestRun:
     )  # fmt: skip
 
 
-def optimisation(owner, instrument) -> OptimizationRun:
+def search(owner, instrument, space: dict) -> OptimizationRun:
     return services.optimization_create(
         user=owner, strategy="sma_crossover", instrument=instrument, timeframe="1h",
-        start=START, end=START + timedelta(hours=BARS), method="grid", space=GRID,
+        start=START, end=START + timedelta(hours=BARS), method="grid", space=space,
     )  # fmt: skip
+
+
+def optimisation(owner, instrument) -> OptimizationRun:
+    return search(owner, instrument, GRID)
 
 
 def assert_same_as_uninterrupted_backtest(run: BacktestRun, instrument) -> None:
@@ -274,7 +279,8 @@ def test_an_optimisation_whose_worker_was_killed_gets_its_lost_chunks_sent_again
         assert services.runs_recover_stale(stale_for=timedelta(0)) == {"requeued": 1, "failed": 0}
         done = finished(OptimizationRun, run.pk)
         assert_same_as_uninterrupted_grid(done, instrument)
-        assert done.attempts == 2  # one start, one recovery
+        assert done.attempts == 1  # one start: the lost chunk alone was sent again
+        assert max(done.chunks.values_list("sends", flat=True)) == 2
         assert {r.worker for r in done.results.all()} == {workers.other(first).hostname}
     finally:
         forget_unacked(lost)
@@ -338,7 +344,7 @@ def test_a_queued_run_whose_message_was_lost_is_sent_again_and_finishes(
 ):
     """The broker lost the message (a Redis restarted without persistence): once the run has
     been queued longer than the timeout, the watchdog sends it again and a worker runs it."""
-    settings.TRADEAPP_RUN_STALE_AFTER = 60
+    settings.TRADEAPP_RUN_QUEUED_STALE_AFTER = 60
     run = services.backtest_create(
         user=owner, strategy="sma_crossover", parameters=PARAMS, instrument=instrument,
         timeframe="1h", start=START, end=START + timedelta(hours=BARS), enqueue=False,
@@ -361,7 +367,85 @@ def test_the_watchdog_is_on_the_beat_schedule(transactional_db):
     # The migration's row (a transactional test's flush removes it: apply it again).
     migration = importlib.import_module("backtests.migrations.0002_run_recovery")
     migration.create_schedule(django_apps, None)
+    importlib.import_module("backtests.migrations.0004_research_chunks").every_15_seconds(
+        django_apps, None
+    )
     task = PeriodicTask.objects.get(name=migration.TASK_NAME)
     assert task.task == recover_stale_task.name == "backtests.recover_stale" and task.enabled
-    assert (task.queue, task.interval.every, task.interval.period) == ("default", 1, "minutes")
+    assert (task.queue, task.interval.every, task.interval.period) == ("default", 15, "seconds")
     assert recover_stale_task.name in app.tasks
+
+
+# --- one lost chunk, and fair queues --------------------------------------------------------
+
+WIDE_GRID = {"fast": list(range(4, 14)), "slow": list(range(30, 80))}  # 500: 10 chunks
+
+
+def test_a_lost_chunk_is_sent_again_while_the_other_chunks_go_on(
+    instrument, owner, workers, monkeypatch, settings
+):
+    """A worker dies holding one chunk of a search whose other chunks keep running on another
+    worker (so the run itself never goes quiet): the watchdog sends that chunk again once the
+    chunk alone has been quiet for the stale limit, not after the whole run's timeout."""
+    monkeypatch.setenv("TRADEAPP_RUN_HEARTBEAT", "1")  # the workers' beat, scaled down ...
+    settings.TRADEAPP_RUN_STALE_AFTER = 3  # ... with the watchdog's limit (defaults: 10 s, 30 s)
+    arm(monkeypatch, workers, "chunk")
+    workers.start(2)
+    run = search(owner, instrument, WIDE_GRID)
+    first, pid = workers.paused()
+    lost = run.chunks.get(worker=first.hostname)
+    kill_whole_worker(first, pid)
+    killed_at = datetime.now(UTC)
+    lost_tasks = list(TaskResult.objects.filter(task_name="backtests.optimize_chunk")
+                      .values_list("task_id", flat=True))  # fmt: skip
+    try:
+        resumed = None
+        while resumed is None:  # the beat schedule's watchdog, every second here
+            services.runs_recover_stale()
+            chunk = OptimizationChunk.objects.get(pk=lost.pk)
+            if chunk.sends == 2 and chunk.state != OptimizationChunk.State.SENT:
+                resumed = datetime.now(UTC)
+            assert (datetime.now(UTC) - killed_at).total_seconds() < 60, "not resumed in 60 s"
+            time.sleep(0.5)
+        print(f"\nkill -> lost chunk running again: {(resumed - killed_at).total_seconds():.1f} s")
+        done = finished(OptimizationRun, run.pk)
+        assert done.status == RunStatus.DONE, done.error
+        assert done.attempts == 1 and done.chunks_done == done.chunks_total == 10
+        assert done.results.count() == 500  # every combination once: no chunk stored twice
+        assert OptimizationChunk.objects.get(pk=lost.pk).worker == workers.other(first).hostname
+        frame = candles_frame(instrument_id=instrument.pk, timeframe="1h")
+        local = grid_search(frame, "sma_crossover", WIDE_GRID, n_jobs=1, objective=done.objective)
+        assert done.best_parameters == local.best
+    finally:
+        forget_unacked(lost_tasks)
+
+
+def test_another_users_backtest_waits_behind_a_few_chunks_not_whole_searches(
+    instrument, owner, workers, settings
+):
+    """One user's two searches (40 chunks) are running when another user submits a backtest:
+    it runs after at most the chunks each search keeps in flight, then the searches go on."""
+    settings.TRADEAPP_RESEARCH_CHUNKS_IN_FLIGHT = 2
+    space = {"fast": list(range(4, 14)), "slow": list(range(30, 130))}  # 1,000: 20 chunks
+    workers.start()
+    searches = [search(owner, instrument, space) for _ in range(2)]
+    eventually(
+        lambda: all(OptimizationRun.objects.get(pk=s.pk).chunks_done > 0 for s in searches),
+        timeout=60, message="both searches have stored a chunk",
+    )  # fmt: skip
+    other = UserFactory()
+    small = backtest(other, instrument)
+    done = finished(BacktestRun, small.pk)
+    assert done.status == RunStatus.DONE, done.error
+    ahead = OptimizationChunk.objects.filter(
+        run__in=searches, started_at__gt=done.created_at, started_at__lt=done.started_at
+    ).count()
+    # Each search had at most 2 chunks in the queue when the backtest arrived (plus the one
+    # the worker was running): the backtest waited behind those, not behind 40.
+    assert ahead <= 2 * settings.TRADEAPP_RESEARCH_CHUNKS_IN_FLIGHT, ahead
+    wait = (done.started_at - done.created_at).total_seconds()
+    print(f"\nsmall backtest's wait behind two searches: {wait:.2f} s ({ahead} chunks ahead)")
+    for run in searches:
+        assert finished(OptimizationRun, run.pk, timeout=180).status == RunStatus.DONE
+    after = OptimizationChunk.objects.filter(run__in=searches, started_at__gt=done.finished_at)
+    assert after.count() > 20  # the searches went on after it: it went ahead of most of them
