@@ -27,9 +27,11 @@ $(VENV)/.dev-deps: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(PIP) install -r requirements.txt -r requirements-dev.txt
 	touch $@ $(VENV)/.run-deps
 
-# Embedded default (nothing set): SQLite and a private Redis under var/, plus web, worker, beat,
-# collector, with the demo's simulated exchange (TRADEAPP_DEMO=1 adds it in production too).
-# Production (DATABASE_URL and REDIS_URL set): web, worker, beat and collector on those services.
+# Embedded default (nothing set): SQLite and a private Redis under var/, plus the Procfile's web,
+# worker, research, beat and collector, with the demo's simulated exchange (TRADEAPP_DEMO=1 adds
+# it in production too). Production (DATABASE_URL and REDIS_URL set): the same but `redis`, on
+# those services. supervisord runs them (tradeapp/supervise.py): a process that dies is started
+# again while the others keep running; Ctrl-C stops them all.
 run: $(VENV)/.run-deps node_modules/.installed
 	python manage.py migrate --noinput
 	python manage.py collectstatic --noinput --verbosity 0
@@ -37,7 +39,7 @@ run: $(VENV)/.run-deps node_modules/.installed
 	@if [ -z "$$DATABASE_URL$$REDIS_URL" ] || [ "$${TRADEAPP_DEMO:-0}" = 1 ]; then \
 	  python manage.py demo_setup; fi
 	@echo "tradeapp: http://$${TRADEAPP_HOST:-127.0.0.1}:$${TRADEAPP_PORT:-8000}/  (Ctrl-C stops everything)"
-	exec honcho --no-prefix start $$( [ -n "$$DATABASE_URL$$REDIS_URL" ] && echo web worker beat collector )
+	exec python manage.py supervise
 
 # With DATABASE_URL/REDIS_URL set, the production profile is tested against those services; the
 # secret key and hosts it also requires get throwaway test values unless given.

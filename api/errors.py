@@ -4,7 +4,9 @@
 ``code`` is DRF's machine-readable code (``not_authenticated``, ``permission_denied``,
 ``not_found``, ``invalid``, ``throttled``, ``method_not_allowed``, ``parse_error``,
 ``conflict`` for an object still in use, ``request_too_large`` for a body above
-``DATA_UPLOAD_MAX_MEMORY_SIZE`` (``api.parsers``), ...),
+``DATA_UPLOAD_MAX_MEMORY_SIZE`` (``api.parsers``), ``limit_exceeded`` for a request beyond the
+user's limits (``tradeapp.limits``: 429 for too many runs at once or too many bots, 400 for a
+search or period too big, with ``fields`` as a validation error's), ...),
 ``message`` a sentence for people and ``fields`` the messages per input field (only for
 validation errors; ``non_field_errors`` for the others). A strategy's parameter errors
 (``StrategyParameterError``) and model validation errors raised by the services become 400s of the
@@ -30,6 +32,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from strategies.base import StrategyParameterError
+from tradeapp.limits import LimitExceeded
 
 
 class Conflict(exceptions.APIException):
@@ -38,6 +41,28 @@ class Conflict(exceptions.APIException):
     status_code = 409
     default_detail = "The object is in use."
     default_code = "conflict"
+
+
+class LimitReached(exceptions.ValidationError):
+    """A request beyond one of the user's limits (``tradeapp.limits.LimitExceeded``): its
+    status (429 or 400) and messages per field, code ``limit_exceeded``."""
+
+    default_code = "limit_exceeded"
+
+    def __init__(self, detail: dict[str, Any], status_code: int) -> None:
+        super().__init__(detail, code=self.default_code)
+        self.status_code = status_code
+
+
+def _django_detail(exc: DjangoValidationError) -> dict[str, Any]:
+    """A Django ``ValidationError``'s messages per field (``non_field_errors`` for the rest)."""
+    detail = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+    fields: dict[str, Any] = {}
+    for key, messages in detail.items():  # a model's constraints: "__all__" in Django's words
+        fields.setdefault("non_field_errors" if key == NON_FIELD_ERRORS else key, []).extend(
+            messages
+        )
+    return fields
 
 
 def _flatten(detail: Any) -> Any:
@@ -60,15 +85,12 @@ def _first_message(fields: dict[str, Any]) -> str:
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, then the one error shape (module docstring)."""
-    if isinstance(exc, StrategyParameterError):  # the message names the parameter
+    if isinstance(exc, LimitExceeded):  # before ValidationError: it is one
+        exc = LimitReached(_django_detail(exc), exc.status_code)
+    elif isinstance(exc, StrategyParameterError):  # the message names the parameter
         exc = exceptions.ValidationError({"parameters": [str(exc)]})
     elif isinstance(exc, DjangoValidationError):
-        detail = (
-            exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
-        )
-        if NON_FIELD_ERRORS in detail:  # a model's constraints: "__all__" in Django's words
-            detail = {**detail, "non_field_errors": detail.pop(NON_FIELD_ERRORS)}
-        exc = exceptions.ValidationError(detail)
+        exc = exceptions.ValidationError(_django_detail(exc))
     elif isinstance(exc, ProtectedError):
         names = sorted({str(obj) for obj in exc.protected_objects})[:5]
         exc = Conflict(f"still in use by {', '.join(names)}")
@@ -93,7 +115,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, exceptions.ValidationError):
         detail = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         fields = _flatten(detail)
-        body["code"] = "invalid"
+        body["code"] = LimitReached.default_code if isinstance(exc, LimitReached) else "invalid"
         body["message"] = _first_message(fields)
         body["fields"] = fields
     else:

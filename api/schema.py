@@ -66,7 +66,7 @@ CONFLICTS = {
     ("/api/bots/{id}/", "put"), ("/api/bots/{id}/", "patch"), ("/api/bots/{id}/", "delete"),
     ("/api/accounts/{id}/", "delete"),
     ("/api/backtests/{id}/result/", "get"), ("/api/backtests/{id}/cancel/", "post"),
-    ("/api/optimizations/{id}/cancel/", "post"),
+    ("/api/optimizations/{id}/cancel/", "post"), ("/api/kill-switch/", "delete"),
 }  # fmt: skip
 
 _METHODS = {"get", "put", "post", "patch", "delete", "head", "options", "trace"}

@@ -4,10 +4,10 @@ from typing import Any
 
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.routers import DefaultRouter
 
 from api import views
+from api.auth import ObtainTokenView
 from api.parsers import PARSERS
 from api.schema import ApiSchemaGenerator
 
@@ -42,7 +42,8 @@ urlpatterns = [
     path("", include(router.urls)),
     path("portfolio/", views.PortfolioView.as_view(), name="portfolio"),
     path("kill-switch/", views.KillSwitchView.as_view(), name="kill-switch"),
-    path("token/", ObtainAuthToken.as_view(parser_classes=PARSERS), name="token"),
+    # Password guessing limited by axes and a throttle (api.auth).
+    path("token/", ObtainTokenView.as_view(parser_classes=PARSERS), name="token"),
     # The error responses documented too (api.schema).
     path("schema/", SpectacularAPIView.as_view(generator_class=ApiSchemaGenerator), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

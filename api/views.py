@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import django_filters
-from django.db.models import F, QuerySet
+from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,13 +22,23 @@ from rest_framework.views import APIView
 from api import serializers as s
 from api.errors import Conflict
 from api.pagination import CandlesInTime, RejectsInTime, TicksInTime
+from backtests import selectors as backtest_selectors
 from backtests import services as backtests_services
 from backtests.metrics import json_safe
-from backtests.models import BacktestRun, OptimizationResult, OptimizationRun, RunStatus
+from backtests.models import BacktestRun, OptimizationRun, RunStatus
 from bots import selectors, services
 from bots.brokers import BrokerError
 from bots.manager import BotManager
-from bots.models import Bot, BotEvent, ExchangeAccount, Order, Position, Signal, Trade
+from bots.models import (
+    Bot,
+    BotEvent,
+    ExchangeAccount,
+    Order,
+    Position,
+    RiskBudget,
+    Signal,
+    Trade,
+)
 from marketdata import selectors as market_selectors
 from marketdata.aggregation import TIMEFRAMES
 from marketdata.models import Candle, Exchange, Instrument, RawTick, RejectedTick
@@ -267,13 +278,35 @@ class StrategyViewSet(viewsets.ViewSet):
         return Response(get_strategy(name).describe())
 
 
+class KillSwitchState(serializers.Serializer):
+    engaged = serializers.BooleanField(help_text="No bot of the user may start while engaged.")
+    engaged_at = serializers.DateTimeField(allow_null=True, help_text="When it was engaged.")
+
+
 class KillSwitchView(APIView):
-    """Stop every bot of the user and cancel their open orders."""
+    """The signed-in user's own kill switch: ``GET`` its state, ``POST`` engages it (stops every
+    bot of the user and cancels their open orders), ``DELETE`` releases it (their bots may be
+    started again; 409 when it was not engaged). Audited with the user as actor."""
+
+    @staticmethod
+    def _state(user: Any) -> Response:
+        at = RiskBudget.objects.filter(owner=user).values_list("kill_switch_at", flat=True).first()
+        return Response(KillSwitchState({"engaged": at is not None, "engaged_at": at}).data)
+
+    @extend_schema(responses=KillSwitchState)
+    def get(self, request: Request) -> Response:
+        return self._state(request.user)
 
     @extend_schema(request=None, responses=dict)
     def post(self, request: Request) -> Response:
         result = BotManager().kill_switch(request.user, actor=request.user)
         return Response(result, status=status.HTTP_200_OK)
+
+    @extend_schema(request=None, responses=KillSwitchState)
+    def delete(self, request: Request) -> Response:
+        if not services.kill_switch_release(user=request.user, actor=request.user):
+            raise Conflict("the kill switch is not engaged")
+        return self._state(request.user)
 
 
 class Cancellable:
@@ -335,6 +368,18 @@ class BacktestRunViewSet(
         )
 
 
+class RankedPages(PageNumberPagination):
+    """Numbered pages of an optimisation's results, in rank order. Not a cursor: a cursor page
+    orders by its own column (the default's newest first would undo the ranking), and its
+    position needs a column without nulls or long runs of ties, while the objective has both
+    (NaN, the many combinations that never trade). A finished run's rows no longer change,
+    so numbered pages are stable."""
+
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
 class OptimizationRunViewSet(
     Owned,
     Cancellable,
@@ -371,11 +416,12 @@ class OptimizationRunViewSet(
         )
 
     @extend_schema(responses=s.OptimizationResultSerializer(many=True))
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], pagination_class=RankedPages)
     def results(self, request: Request, pk: str | None = None) -> Response:
-        rows = OptimizationResult.objects.filter(run=self.get_object()).order_by(
-            F("objective").desc(nulls_last=True), "id"
-        )
+        """The evaluated combinations best first, as ``optimize.rank`` orders them (the
+        objective descending, ascending for a minimised one; NaN last; ties in storage
+        order), in numbered pages."""
+        rows = backtest_selectors.ranked_results(self.get_object())
         page = self.paginate_queryset(rows)
         return self.get_paginated_response(s.OptimizationResultSerializer(page, many=True).data)
 

@@ -10,9 +10,10 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from backtests import services
-from backtests.models import BacktestRun, OptimizationResult, OptimizationRun
+from backtests.models import BacktestRun, OptimizationChunk, OptimizationResult, OptimizationRun
 from strategies.base import StrategyParameterError
 from strategies.registry import UnknownStrategyError, available, get_strategy
+from tradeapp import limits
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +23,14 @@ REPRO_FIELDS = (
 
 
 class StrategyChoiceForm(forms.ModelForm):
-    """Strategy picked from the registry; parameters checked against its schema."""
+    """Strategy picked from the registry; parameters checked against its schema. A new run is
+    the signed-in staff member's (``owner``, set by ``RunAdmin.get_form``): their limits on
+    runs at once are checked here too, so that a refusal is shown on the form (the service
+    checks again, under the lock, when the run is stored)."""
 
     strategy = forms.ChoiceField(choices=())
+    #: Who the new run will belong to (``RunAdmin.get_form``).
+    owner = None
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -46,13 +52,30 @@ class StrategyChoiceForm(forms.ModelForm):
         start, end = data.get("start"), data.get("end")
         if start and end and end <= start:
             raise ValidationError({"end": "The end must be after the start."})
+        if self.owner is not None and self.instance.pk is None and not self.errors:
+            try:
+                self.check_limits(data)
+            except limits.LimitExceeded as exc:
+                self.add_error(None, exc.messages)
         return data
+
+    def check_limits(self, data: dict) -> None:
+        """The owner's limits on a new backtest: its bars, then runs at once."""
+        owner = self.owner
+        limits.check_bars(
+            limits.limits_for(owner), data.get("start"), data.get("end"), data.get("timeframe")
+        )
+        limits.check_research_runs(owner, lock=False)
 
 
 class OptimizationRunForm(StrategyChoiceForm):
     """The strategy form, and the optimisation's own checks (``optimization_validate``: the
     search space against the strategy, its size, the objective, walk-forward windows) shown
     next to the fields instead of failing on save."""
+
+    def check_limits(self, data: dict) -> None:
+        # The sizes (bars, combinations) are optimization_validate's, below.
+        limits.check_research_runs(self.owner, lock=False)
 
     def clean(self):
         data = super().clean()
@@ -63,6 +86,7 @@ class OptimizationRunForm(StrategyChoiceForm):
             for field in OptimizationRun._meta.concrete_fields
             if field.name in data
         })  # fmt: skip
+        run.owner = self.owner  # whose limits apply (None: the defaults)
         try:
             services.optimization_validate(run=run)
         except ValidationError as exc:
@@ -89,6 +113,11 @@ class RunAdmin(admin.ModelAdmin):
     #: ``backtests.services`` function making a new queued run with a stored run's settings.
     rerun = staticmethod(services.backtest_rerun)
 
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        form.owner = request.user  # a class of this request's own (modelform_factory)
+        return form
+
     @admin.action(description="Cancel the selected runs (queued or running)")
     def cancel_runs(self, request, queryset) -> None:
         cancelled = sum(services.run_cancel(run=run) for run in queryset)
@@ -103,6 +132,14 @@ class RunAdmin(admin.ModelAdmin):
         for run in queryset.order_by("pk"):
             try:
                 made.append(self.rerun(run=run).pk)
+            except limits.LimitExceeded as exc:  # the owner's limits: the run is theirs
+                text = "; ".join(exc.messages)
+                if exc.limit == "concurrent_runs":
+                    text = (
+                        f"{run.owner} has {exc.value} research runs queued or running (their "
+                        f"limit is {exc.maximum}); re-run it when one has finished"
+                    )
+                self.message_user(request, f"#{run.pk}: {text}", messages.ERROR)
             except (ValidationError, ValueError, KeyError) as exc:
                 # A strategy or parameter no longer accepted (the run was validated again).
                 text = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
@@ -197,6 +234,7 @@ class OptimizationRunAdmin(RunAdmin):
             return
         obj.owner = request.user
         with transaction.atomic():
+            limits.check_research_runs(obj.owner)  # the form checked; again under the lock
             services.optimization_submit(run=obj)
         messages.info(request, "The optimisation is queued; this page shows its progress.")
 
@@ -210,6 +248,32 @@ class OptimizationResultAdmin(admin.ModelAdmin):
     search_fields = ("=run__id", "run__strategy", "worker")
     list_select_related = ("run",)
     show_full_result_count = False
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(OptimizationChunk)
+class OptimizationChunkAdmin(admin.ModelAdmin):
+    """Where each chunk of a search is (pending, sent, running on a worker, done) and how often
+    it was sent: a chunk sent more than once lost a worker. Written by the workers and the
+    watchdog, never edited."""
+
+    list_display = ("id", "run", "index", "state", "sends", "worker", "sent_at", "heartbeat_at",
+                    "finished_at")  # fmt: skip
+    list_filter = ("state", "run__status")
+    search_fields = ("=run__id", "worker")
+    list_select_related = ("run",)
+    exclude = ("combinations",)
+    readonly_fields = ("combinations_count",)
+    show_full_result_count = False
+
+    @admin.display(description="combinations")
+    def combinations_count(self, obj: OptimizationChunk) -> int:
+        return len(obj.combinations or [])
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -250,6 +250,16 @@ class RunForm(forms.Form):
         field = self.parameter_error_field(exc)
         self.add_error(field if field in self.fields else None, exc.message)
 
+    def add_service_errors(self, exc: ValidationError) -> None:
+        """The service's refusals (keyed by the run's field names) next to the same inputs;
+        those about the run as a whole (the search space's size, the user's limits on runs at
+        once and bars) above the form."""
+        errors = exc.message_dict if hasattr(exc, "error_dict") else {None: exc.messages}
+        for field, messages in errors.items():
+            target = field if field in self.fields else None
+            for message in messages:
+                self.add_error(target, message)
+
 
 class BacktestForm(RunForm):
     """``/backtests/new/``: one backtest (``RunForm``'s one field per parameter)."""
@@ -458,11 +468,3 @@ class OptimizationForm(RunForm):
             "train_bars": data.get("train_bars") if walk_forward else None,
             "test_bars": data.get("test_bars") if walk_forward else None,
         }  # fmt: skip
-
-    def add_service_errors(self, exc: ValidationError) -> None:
-        """The service's refusals (keyed by the run's field names) next to the same inputs;
-        those about the search space as a whole above the form."""
-        for field, messages in exc.message_dict.items():
-            target = field if field in self.fields else None
-            for message in messages:
-                self.add_error(target, message)

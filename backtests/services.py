@@ -94,7 +94,8 @@ def max_attempts() -> int:
 
 
 def chunks_in_flight() -> int:
-    """Chunks of one search queued or running at a time (``TRADEAPP_RESEARCH_CHUNKS_IN_FLIGHT``)."""
+    """Chunks of one user's searches queued or running at a time
+    (``TRADEAPP_RESEARCH_CHUNKS_IN_FLIGHT``)."""
     return max(1, int(getattr(settings, "TRADEAPP_RESEARCH_CHUNKS_IN_FLIGHT", 2)))
 
 
@@ -559,28 +560,53 @@ def _send_chunks(run_id: int, indexes: list[int]) -> None:
         group(run_optimization_chunk_task.s(run_id, i) for i in indexes).apply_async()
 
 
-def _dispatch(run: OptimizationRun) -> list[int]:
-    """Send the run's next pending chunks, so that at most ``chunks_in_flight()`` of them are
-    queued or running (in the caller's transaction, the run locked; sent after commit). This
-    is what keeps research fair: a search's chunks enter the queue a few at a time, each
-    finished chunk sending the next, so another user's backtest queued meanwhile waits
-    behind a few chunks instead of the whole search. Returns the chunk indexes sent."""
-    chunks = OptimizationChunk.objects.filter(run=run)
-    busy = chunks.filter(
-        state__in=[OptimizationChunk.State.SENT, OptimizationChunk.State.RUNNING]
-    ).count()
-    free = chunks_in_flight() - busy
+def _dispatch(owner_id: int) -> dict[int, list[int]]:
+    """Send the next pending chunks of ``owner_id``'s running searches, so that at most
+    ``chunks_in_flight()`` of that user's chunks are queued or running, taking the user's
+    searches in turn (in the caller's transaction; sent after commit). This is what keeps
+    research fair: one user's searches enter the queue a few chunks at a time, each finished
+    chunk sending the next, so another user's backtest queued meanwhile waits behind a few
+    chunks instead of whole searches. Returns the chunk indexes sent, by run."""
+    from django.contrib.auth import get_user_model
+
+    # One decision per user at a time: two chunks finishing together do not both fill a slot.
+    list(get_user_model().objects.select_for_update().filter(pk=owner_id).values_list("pk"))
+    chunks = OptimizationChunk.objects.filter(
+        run__owner_id=owner_id, run__status=RunStatus.RUNNING, run__chunks_total__gt=0
+    )
+    in_flight = [OptimizationChunk.State.SENT, OptimizationChunk.State.RUNNING]
+    free = chunks_in_flight() - chunks.filter(state__in=in_flight).count()
     if free <= 0:
-        return []
+        return {}
+    busy: dict[int, int] = dict.fromkeys(
+        chunks.filter(state=OptimizationChunk.State.PENDING)
+        .values_list("run_id", flat=True)
+        .distinct(),
+        0,
+    )
+    for run_id in chunks.filter(state__in=in_flight, run_id__in=busy).values_list(
+        "run_id", flat=True
+    ):
+        busy[run_id] += 1
+    picked: dict[int, list[int]] = {}
     pending = chunks.filter(state=OptimizationChunk.State.PENDING).order_by("index")
-    picked = list(pending.values_list("index", flat=True)[:free])
-    if picked:
-        chunks.filter(index__in=picked).update(
+    for _ in range(free):
+        if not busy:
+            break
+        run_id = min(busy, key=lambda pk: (busy[pk], pk))  # the search with least in flight
+        index = pending.filter(run_id=run_id).exclude(index__in=picked.get(run_id, []))
+        index = index.values_list("index", flat=True).first()
+        if index is None:
+            del busy[run_id]
+            continue
+        picked.setdefault(run_id, []).append(index)
+        busy[run_id] += 1
+    for run_id, indexes in picked.items():
+        OptimizationChunk.objects.filter(run_id=run_id, index__in=indexes).update(
             state=OptimizationChunk.State.SENT, sent_at=timezone.now(), heartbeat_at=None,
             sends=F("sends") + 1, worker="",
         )  # fmt: skip
-        run_id = run.pk
-        transaction.on_commit(lambda: _send_chunks(run_id, picked))
+        transaction.on_commit(lambda run_id=run_id, indexes=indexes: _send_chunks(run_id, indexes))
     return picked
 
 
@@ -671,7 +697,7 @@ def _fan_out_end(run_id: int, attempt: int, chunks_total: int) -> OptimizationRu
     locked.chunks_total = chunks_total
     locked.heartbeat_at = timezone.now()
     locked.save(update_fields=["chunks_total", "heartbeat_at"])
-    _dispatch(locked)
+    _dispatch(locked.owner_id)
     return locked
 
 
@@ -801,10 +827,8 @@ def _chunk_store(run_id: int, index: int, rows: list[dict[str, Any]], worker: st
     locked.heartbeat_at = now
     locked.save(update_fields=["chunks_done", "progress", "heartbeat_at"])
     _progress(locked, locked.progress)
-    if locked.chunks_done >= locked.chunks_total:
-        return True
-    _dispatch(locked)
-    return False
+    _dispatch(locked.owner_id)  # the freed slot: this search's next chunk, or another's
+    return locked.chunks_done >= locked.chunks_total
 
 
 def _finish_optimization(run_id: int) -> None:
@@ -816,6 +840,7 @@ def _finish_optimization(run_id: int) -> None:
     rows = [
         {**parameters, **metrics, "_id": pk}
         for pk, parameters, metrics in OptimizationResult.objects.filter(run_id=run_id)
+        .order_by("pk")  # ties ranked in id order, as the page and the API show them
         .values_list("pk", "parameters", "metrics")
         .iterator(chunk_size=5000)
     ]
@@ -984,7 +1009,7 @@ def _recover_chunks(
             "optimisation %s: chunks %s lost their worker; sent again",
             run_id, [c.index for c in lost],
         )  # fmt: skip
-    sent = _dispatch(run)
+    sent = _dispatch(run.owner_id)
     if lost or sent:
         run.heartbeat_at = timezone.now()
         run.save(update_fields=["heartbeat_at"])

@@ -345,6 +345,10 @@ def run(quick: bool = False, candles: int | None = None) -> list[dict]:
         from marketdata.services import instrument_ensure
 
         user = get_user_model().objects.create_user("bench", password=secrets.token_urlsafe())
+        # A thousand bots of one user: beyond the default per-user limit (tradeapp.limits).
+        from tradeapp.models import UserLimits
+
+        UserLimits.objects.create(user=user, bots=BOTS + BASELINE_BOTS)
         Exchange.objects.get_or_create(
             ccxt_id="simulated", defaults={"name": "Sim", "kind": Exchange.Kind.SIMULATED}
         )

@@ -22,6 +22,7 @@ from bots.models import (
 )
 from strategies.base import StrategyParameterError
 from strategies.registry import UnknownStrategyError, available
+from tradeapp import limits
 from tradeapp.admin import EstimatedCountPaginator
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,11 @@ class BotForm(forms.ModelForm):
         data = super().clean()
         if self.instance.pk and self.instance.status == Bot.Status.RUNNING:
             raise ValidationError("Stop the bot before changing it.")
+        if self.instance.pk is None and data.get("owner") is not None:
+            try:  # the owner's bots limit (counted again under a lock when the bot is stored)
+                limits.check_bots(data["owner"], lock=False)
+            except limits.LimitExceeded as exc:
+                raise ValidationError(exc.messages) from exc
         # On a change page the strategy is read-only (fixed once the bot exists).
         name = data.get("strategy") if "strategy" in self.fields else self.instance.strategy
         if name and "parameters" in self.fields:
@@ -170,6 +176,7 @@ class BotAdmin(admin.ModelAdmin):
                 BotManager().update_bot_state(obj.pk, changes, actor=request.user)
                 obj.refresh_from_db()
             return
+        limits.check_bots(obj.owner)  # under the owner's row lock (the admin's transaction)
         services.book_reset(obj)
         super().save_model(request, obj, form, change)
         Position.objects.get_or_create(bot=obj)

@@ -397,6 +397,7 @@ class BotEvent(models.Model):
         PAUSED = "paused", "Paused"
         ERROR = "error", "Error"
         KILL_SWITCH = "kill_switch", "Kill switch"
+        KILL_SWITCH_RELEASED = "kill_switch_released", "Kill switch released"
         ORDER_CANCELLED = "order_cancelled", "Order cancelled"
         STATE_UPDATED = "state_updated", "State updated"
         RECONCILED = "reconciled", "Reconciled with the exchange"
@@ -407,7 +408,7 @@ class BotEvent(models.Model):
         BALANCE_RESOLVED = "balance_resolved", "Position agrees with the account's balance again"
 
     bot = models.ForeignKey(Bot, on_delete=models.CASCADE, related_name="events")
-    kind = models.CharField(max_length=16, choices=Kind.choices)
+    kind = models.CharField(max_length=32, choices=Kind.choices)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
         related_name="+", help_text="Empty: the system.",

@@ -160,8 +160,12 @@ def bot_create(
     """A new stopped bot with validated parameters and a fresh paper book of ``capital``.
 
     ``options``: the risk and cost fields (``RISK_FIELDS``). Raises ``StrategyParameterError``
-    naming the parameter, ``ValidationError`` for other fields.
+    naming the parameter, ``ValidationError`` for other fields, ``tradeapp.limits.
+    LimitExceeded`` (429) when the user owns their limit of bots (counted under the user's row
+    lock, so two creations at once cannot both take the last place).
     """
+    from tradeapp.limits import check_bots
+
     unknown = sorted(set(options) - set(RISK_FIELDS))
     if unknown:
         raise TypeError(f"unknown bot option(s) {', '.join(unknown)}")
@@ -172,6 +176,7 @@ def bot_create(
         **options,
     )  # fmt: skip
     bot.full_clean(exclude=["parameters"])
+    check_bots(user)
     book_reset(bot)
     bot.save()
     Position.objects.create(bot=bot)
@@ -361,16 +366,34 @@ def kill_switch(*, user: Any, actor: Any = None) -> dict[str, int]:
 
 @transaction.atomic
 def kill_switch_release(*, user: Any, actor: Any = None) -> bool:
-    changed = RiskBudget.objects.filter(owner=user, kill_switch_at__isnull=False).update(
-        kill_switch_at=None, updated_at=timezone.now()
+    """Release ``user``'s kill switch: their bots may be started again (none starts by itself).
+    True if this call released it, False if it was not engaged. Audited as the engage is: a
+    ``kill_switch_released`` row on each of the user's bots, with ``actor`` (their owner, or
+    the staff member in the admin), and ``kill_switch.released`` on ``system_events``."""
+    budget = (
+        RiskBudget.objects.select_for_update()
+        .filter(owner=user, kill_switch_at__isnull=False)
+        .first()
     )
-    if changed:
-        publish_on_commit(
-            "system_events",
-            {"type": "kill_switch.released", "owner_id": user.pk,
-             "actor": getattr(actor, "username", None)},
-        )  # fmt: skip
-    return bool(changed)
+    if budget is None:
+        return False
+    engaged_at = budget.kill_switch_at
+    budget.kill_switch_at = None
+    budget.save(update_fields=["kill_switch_at", "updated_at"])
+    row = {
+        "kind": BotEvent.Kind.KILL_SWITCH_RELEASED,
+        "actor": actor if getattr(actor, "pk", None) else None,
+        "message": "kill switch released",
+        "data": {"engaged_at": engaged_at.isoformat()},
+    }
+    bot_ids = Bot.objects.filter(owner=user).order_by("pk").values_list("pk", flat=True)
+    BotEvent.objects.bulk_create(BotEvent(bot_id=bot_id, **row) for bot_id in bot_ids)
+    publish_on_commit(
+        "system_events",
+        {"type": "kill_switch.released", "owner_id": user.pk,
+         "actor": getattr(actor, "username", None)},
+    )  # fmt: skip
+    return True
 
 
 # --- processing -----------------------------------------------------------------------------

@@ -16,4 +16,5 @@ urlpatterns = [
     path("<int:pk>/delete/", views.bot_delete, name="delete"),
     path("<int:pk>/parity/", views.bot_parity, name="parity"),
     path("<int:pk>/adopt-balance/", views.bot_adopt_balance, name="adopt_balance"),
+    path("kill-switch/release/", views.kill_switch_release, name="kill_switch_release"),
 ]

@@ -17,16 +17,18 @@ from django.db.models import F
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from bots import selectors, services
 from bots.brokers import BrokerError
 from bots.forms import BotCreateForm, BotEditForm, ParametersForm, service_errors
 from bots.manager import BotManager
-from bots.models import Bot
+from bots.models import Bot, RiskBudget
 from bots.parity import parity_check
 from strategies.base import StrategyParameterError
 from strategies.registry import UnknownStrategyError, available, get_strategy
+from tradeapp.limits import page_status
 
 #: Bots per page of the dashboard and the list (the dashboard's live stream follows a page).
 PAGE_SIZE = 50
@@ -40,6 +42,13 @@ SERVICE_ERRORS = (
     StrategyParameterError, UnknownStrategyError, ValidationError, services.BotStateError,
     ValueError,
 )  # fmt: skip
+
+
+def _kill_switch_at(user: Any) -> Any:
+    """When ``user``'s own kill switch was engaged, or None: the pages show it with a release
+    button (``kill_switch_release``)."""
+    switch = RiskBudget.objects.filter(owner=user).values_list("kill_switch_at", flat=True)
+    return switch.first()
 
 
 def _bot_or_404(request: HttpRequest, pk: int) -> Bot:
@@ -67,6 +76,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "totals": selectors.portfolio_totals(selectors.bots_visible(user, everyone=everyone)),
         # Staff see the platform's events, everyone else those of their own bots.
         "events": selectors.recent_events(user, everyone=bool(user.is_staff)),
+        "kill_switch_at": _kill_switch_at(user),
         "page_data": {
             "stream": stream + ("&all=1" if everyone else ""),
             "staff": bool(user.is_staff),
@@ -98,7 +108,12 @@ def bot_list(request: HttpRequest) -> HttpResponse:
     page = Paginator(bots, PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
-    context = {"page": page, "filters": filters, "query": query.urlencode()}
+    context = {
+        "page": page,
+        "filters": filters,
+        "query": query.urlencode(),
+        "kill_switch_at": _kill_switch_at(request.user),
+    }
     return render(request, "bots/list.html", context)
 
 
@@ -129,6 +144,7 @@ def bot_create(request: HttpRequest) -> HttpResponse:
         params = parameter_forms.get(chosen) if chosen else None
         form_ok = form.is_valid()
         params_ok = params is not None and params.is_valid()
+        status = 200
         if form_ok and params_ok:
             try:
                 bot = services.bot_create(
@@ -136,10 +152,10 @@ def bot_create(request: HttpRequest) -> HttpResponse:
                 )
             except SERVICE_ERRORS as exc:
                 service_errors(exc, form, params)
+                status = page_status(exc)  # 429: the user owns their limit of bots
             else:
                 messages.success(request, f"Bot “{bot.name}” created (stopped).")
                 return redirect("bots:detail", pk=bot.pk)
-        status = 200
     else:
         chosen = request.GET.get("strategy")
         if chosen not in names:
@@ -228,6 +244,8 @@ def bot_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "market_symbol": bot.instrument.symbol,
         },
     }  # fmt: skip
+    # The viewer's own kill switch (staff release another user's in the admin).
+    own_switch = _kill_switch_at(request.user) if bot.owner_id == request.user.pk else None
     context = {
         "bot": bot,
         "strategy": strategy,
@@ -240,6 +258,7 @@ def bot_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "api_orders": reverse("order-list") + f"?bot={bot.pk}",
         "api_trades": reverse("trade-list") + f"?bot={bot.pk}",
         "history_rows": selectors.HISTORY_ROWS,
+        "kill_switch_at": own_switch,
         **history,
     }
     return render(request, "bots/detail.html", context)
@@ -300,6 +319,27 @@ def bot_adopt_balance(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         messages.success(request, f"Bot “{bot.name}”: {message}.")
     return redirect("bots:detail", pk=bot.pk)
+
+
+@login_required
+@require_POST
+def kill_switch_release(request: HttpRequest) -> HttpResponse:
+    """Release the signed-in user's own kill switch (``services.kill_switch_release``: audited
+    with the user as actor), then back to the page the form was on."""
+    if services.kill_switch_release(user=request.user, actor=request.user):
+        messages.success(
+            request,
+            "Kill switch released: your bots may be started again (each stays stopped until "
+            "you start it).",
+        )
+    else:
+        messages.info(request, "Your kill switch was not engaged.")
+    target = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        target = reverse("dashboard")
+    return redirect(target)
 
 
 @login_required

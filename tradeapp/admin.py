@@ -1,17 +1,24 @@
-"""The admin site's titles and what the apps' admins share (the project has no models of its own).
+"""The admin site's titles, what the apps' admins share, and the platform's own rows: per-user
+limits, edited on each user's page (an inline on the user admin) and listed under *Per-user
+limits*.
 
-Registered by their own apps: auth (users, groups), authtoken (API tokens), django_celery_beat
-(periodic tasks and their interval/crontab/solar/clocked schedules: the beat schedules are edited
-there, and beat's database scheduler picks the changes up) and django_celery_results.
+Registered by their own apps: auth (users, groups; the user admin is auth's, with the limits
+inline added here), authtoken (API tokens), django_celery_beat (periodic tasks and their
+interval/crontab/solar/clocked schedules: the beat schedules are edited there, and beat's
+database scheduler picks the changes up) and django_celery_results.
 """
 
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.auth import get_user_model
 from django.core.paginator import Paginator
 from django.db import connections
 from django.utils.functional import cached_property
 from rest_framework.authtoken.admin import TokenAdmin
+
+from tradeapp import limits
+from tradeapp.models import UserLimits
 
 admin.site.site_header = "tradeapp administration"
 admin.site.site_title = "tradeapp admin"
@@ -54,3 +61,74 @@ def _masked_token_key(token) -> str:
 
 TokenAdmin.list_display = (_masked_token_key, "user", "created")
 TokenAdmin.raw_id_fields = ("user",)
+
+
+# --- per-user limits ------------------------------------------------------------------------------
+
+_LIMIT_FIELDS = ("concurrent_runs", "combinations", "bars", "bots")
+
+
+def _in_effect(user) -> str:
+    """The user's effective limits and what they use now, one line."""
+    allowed = limits.limits_for(user)
+    text = (
+        f"{allowed.concurrent_runs:,} research runs at once, {allowed.combinations:,} "
+        f"combinations per optimisation, {allowed.bars:,} bars per run, {allowed.bots:,} bots"
+    )
+    if getattr(user, "pk", None) is None:
+        return text
+    from bots.models import Bot
+
+    runs = limits.research_runs_active(user)
+    bots = Bot.objects.filter(owner_id=user.pk).count()
+    return f"{text}; now {runs} run(s) queued or running, {bots} bot(s)"
+
+
+class UserLimitsInline(admin.StackedInline):
+    """The user's own limits on the user's page; an empty value is the installation's default
+    (``TRADEAPP_LIMIT_*``). Saved with the user form; deleting the row restores every default."""
+
+    model = UserLimits
+    fields = (*_LIMIT_FIELDS, "note", "in_effect")
+    readonly_fields = ("in_effect",)
+    max_num = 1
+    extra = 1
+    verbose_name = "per-user limits (empty: the installation's default)"
+    verbose_name_plural = verbose_name
+
+    @admin.display(description="in effect")
+    def in_effect(self, obj: UserLimits | None) -> str:
+        return _in_effect(obj.user if obj is not None and obj.user_id else None)
+
+
+User = get_user_model()
+# auth's user admin (or whichever app registered the user model before this one), kept as it is
+# with the limits' inline added.
+_RegisteredUserAdmin = type(admin.site.get_model_admin(User))
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class UserAdmin(_RegisteredUserAdmin):
+    inlines = (*_RegisteredUserAdmin.inlines, UserLimitsInline)
+
+    def get_inlines(self, request, obj=None):
+        # Adding a user is auth's two-step form (name and password first): limits come after.
+        return super().get_inlines(request, obj) if obj is not None else ()
+
+
+@admin.register(UserLimits)
+class UserLimitsAdmin(admin.ModelAdmin):
+    """Every user with limits of their own (the others have the defaults)."""
+
+    list_display = ("user", *_LIMIT_FIELDS, "note", "updated_at")
+    list_select_related = ("user",)
+    search_fields = ("user__username", "user__email", "note")
+    raw_id_fields = ("user",)
+    fields = ("user", *_LIMIT_FIELDS, "note", "in_effect")
+    readonly_fields = ("in_effect",)
+    empty_value_display = "default"
+
+    @admin.display(description="in effect")
+    def in_effect(self, obj: UserLimits | None) -> str:
+        return _in_effect(obj.user if obj is not None and obj.user_id else None)

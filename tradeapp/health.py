@@ -1,13 +1,17 @@
-"""Health of the parts the platform needs: database, Redis, at least one Celery worker."""
+"""Health of the parts the platform needs: database, Redis, at least one Celery worker, market
+data collection, and, under `make run` (supervisord), the processes themselves."""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
 
+from tradeapp import supervise
 from tradeapp.celery import app as celery_app
 from tradeapp.redis_client import get_redis
 
@@ -68,11 +72,24 @@ def _collection() -> dict[str, Any]:
     }
 
 
+def _processes() -> dict[str, Any]:
+    # supervisord's own view (state, pid, uptime) over its unix socket and the events
+    # listener's restart counts from a file: neither needs Redis, which may be what died.
+    return supervise.overview(
+        os.environ["SUPERVISOR_SERVER_URL"], settings.TRADEAPP_PROCESS_STATE_FILE
+    )
+
+
 def system_health() -> dict[str, Any]:
     """Check every part; ``ok`` is true only when all are up.
 
     ``collection`` is down when an active instrument's collector has not reported for
     ``COLLECTOR_STALE_AFTER`` seconds (with no active instrument it is up, with nothing to do).
+
+    ``processes`` is there only when this process runs under supervisord (`make run` sets
+    ``SUPERVISOR_SERVER_URL`` in its children): every process it runs with its state, pid,
+    uptime and restarts, down when one is not starting or running (or supervisord does not
+    answer). Elsewhere (systemd, the test suite) processes are someone else's business.
     """
     parts = {"database": _timed(_database), "redis": _timed(_redis)}
     if parts["redis"]["ok"]:
@@ -84,4 +101,6 @@ def system_health() -> dict[str, Any]:
         parts["collection"] = _timed(_collection)
     else:
         parts["collection"] = {"ok": False, "error": "database unreachable", "ms": 0.0}
+    if os.environ.get("SUPERVISOR_SERVER_URL"):
+        parts["processes"] = _timed(_processes)
     return {"ok": all(p["ok"] for p in parts.values()), **parts}

@@ -16,8 +16,12 @@ README.md lists every variable.
 from __future__ import annotations
 
 import base64
+import ipaddress
+import math
 import os
+import re
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -42,6 +46,23 @@ def _required(name: str) -> str:
         )
     return value
 
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (an address the web process listens on) is this machine only:
+    ``localhost``, ``127.0.0.0/8`` or ``::1`` (brackets allowed, IPv4-mapped too)."""
+    name = host.strip().removeprefix("[").removesuffix("]").lower()
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False  # any other name may resolve to anything: not loopback
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+# Where the web process listens (the Procfile's uvicorn --host): DEBUG depends on it below.
+_web_host = env.str("TRADEAPP_HOST", default="").strip() or "127.0.0.1"
 
 # Runtime files of this installation: SQLite database, embedded Redis, secrets, collected static.
 VAR_DIR = _path(env.str("TRADEAPP_VAR_DIR", default="var"))
@@ -76,7 +97,8 @@ if PRODUCTION:
     _db["CONN_HEALTH_CHECKS"] = True
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
-    DEBUG = env.bool("DJANGO_DEBUG", default=True)
+    # Debug pages (settings, SQL, every URL pattern) only while served to this machine alone.
+    DEBUG = env.bool("DJANGO_DEBUG", default=_loopback(_web_host))
     ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
     SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
     if not SECRET_KEY:
@@ -105,6 +127,15 @@ else:
         # A file, not :memory:, so that worker processes started by the tests can open it.
         "TEST": {"NAME": str(VAR_DIR / "test-db.sqlite3")},
     }
+
+# Both profiles: an explicit DJANGO_DEBUG=1 is refused while the web process listens beyond
+# this machine (Django's debug 404 page lists every URL pattern, its 500 page the settings).
+if DEBUG and not _loopback(_web_host):
+    raise ImproperlyConfigured(
+        f"DJANGO_DEBUG=1 with TRADEAPP_HOST={_web_host}: debug pages (settings, SQL, every URL "
+        "pattern) would be served to other machines. Unset DJANGO_DEBUG (or set it to 0), or "
+        "listen on a loopback address (127.0.0.1, ::1, localhost)."
+    )
 
 # Points every process at another database on the same server; the test suite uses it to run
 # real Celery workers against its test database.
@@ -135,6 +166,8 @@ INSTALLED_APPS = [
     "bots",
     "backtests",
     "api",
+    # Sign-in limits: see "Sign-in limits (django-axes)" below.
+    "axes",
 ]
 
 # REST API (``api``): sign-in required everywhere (session for the pages, token for scripts),
@@ -195,6 +228,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a sign-in that axes refused into the locked-out answer (see "Sign-in limits").
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "tradeapp.urls"
@@ -283,6 +318,20 @@ CHANNEL_LAYERS = {
     }
 }
 
+# --- WebSocket sessions (tradeapp.sessions) ---------------------------------------------------
+# Seconds between two checks that an open WebSocket's session still signs its user in (not
+# deleted, expired or made invalid by a password change). Sign-out and password changes close
+# sockets at once; this catches what no signal announces.
+_recheck = env.str("TRADEAPP_WS_SESSION_RECHECK", default="60")
+try:
+    TRADEAPP_WS_SESSION_RECHECK = float(_recheck)
+except ValueError:
+    TRADEAPP_WS_SESSION_RECHECK = math.nan
+if not (math.isfinite(TRADEAPP_WS_SESSION_RECHECK) and TRADEAPP_WS_SESSION_RECHECK > 0):
+    raise ImproperlyConfigured(
+        f"TRADEAPP_WS_SESSION_RECHECK must be a positive number of seconds, not {_recheck!r}."
+    )
+
 # Redis keys written by tradeapp itself (event sequence numbers, ...) start with this prefix.
 TRADEAPP_REDIS_PREFIX = env.str("TRADEAPP_REDIS_PREFIX", default="tradeapp")
 
@@ -312,15 +361,45 @@ CELERY_TASK_ROUTES = {
 }
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
-# Queues a worker started by `make run` consumes; production runs one worker pool per queue.
+# Every queue, for a worker that consumes them all (the test suite's). `make run` (Procfile) and
+# the systemd units split them over two processes, so that bots and market data never wait
+# behind research: `worker` takes default, collect and bots, `research` takes backtests.
 TRADEAPP_CELERY_QUEUES = ["default", "collect", "bots", "backtests"]
-# Seconds a queued or running backtest/optimisation may go without a heartbeat before the
-# watchdog (backtests.recover_stale, every minute) takes its worker or message for lost.
-TRADEAPP_RUN_STALE_AFTER = env.int("TRADEAPP_RUN_STALE_AFTER", default=600)
-# Starts a run gets before a lost worker fails it ("worker lost: ...").
+# Seconds a running backtest/optimisation chunk may go without a heartbeat before the watchdog
+# (backtests.recover_stale, every 15 seconds) takes its worker for lost and sends it again: with
+# beats every TRADEAPP_RUN_HEARTBEAT seconds, a dead worker's run resumes within a minute.
+TRADEAPP_RUN_STALE_AFTER = env.int("TRADEAPP_RUN_STALE_AFTER", default=30)
+# Seconds a queued run (or a sent chunk) may wait for a worker before its message is taken for
+# lost and sent again: a queue may hold legitimate work for a while, so this one is longer.
+TRADEAPP_RUN_QUEUED_STALE_AFTER = env.int("TRADEAPP_RUN_QUEUED_STALE_AFTER", default=600)
+# Starts a run (or one chunk) gets before a lost worker fails it ("worker lost: ...").
 TRADEAPP_RUN_MAX_ATTEMPTS = env.int("TRADEAPP_RUN_MAX_ATTEMPTS", default=3)
-# Seconds between heartbeats of a running run.
-TRADEAPP_RUN_HEARTBEAT = env.int("TRADEAPP_RUN_HEARTBEAT", default=30)
+# Seconds between heartbeats of a running run or chunk.
+TRADEAPP_RUN_HEARTBEAT = env.int("TRADEAPP_RUN_HEARTBEAT", default=10)
+# Chunks of one user's grid/random searches queued or running at a time; each finished chunk
+# sends the next (the user's searches in turn), so another user's backtest waits behind a few
+# chunks, not whole searches. Raise it to about the number of research worker processes.
+TRADEAPP_RESEARCH_CHUNKS_IN_FLIGHT = env.int("TRADEAPP_RESEARCH_CHUNKS_IN_FLIGHT", default=2)
+
+# --- Processes (supervisor) -------------------------------------------------------------------
+
+# `make run` runs the Procfile's processes under supervisord (tradeapp/supervise.py): a process
+# that exits is started again while the others keep running. Its control socket (owner only)
+# and the restart record that /healthz reads live in the var dir.
+TRADEAPP_SUPERVISOR_SOCKET = VAR_DIR / "supervisor.sock"
+TRADEAPP_PROCESS_STATE_FILE = VAR_DIR / "processes.json"
+# Seconds a (re)started process must stay up to count as started (supervisor's startsecs). One
+# that dies sooner is started again after 1, 2, 3, ... seconds, TRADEAPP_PROCESS_START_RETRIES
+# times in a row (startretries); then supervisor gives up on it (FATAL) and the `events`
+# listener starts it again after TRADEAPP_PROCESS_RETRY_AFTER seconds, doubling up to
+# TRADEAPP_PROCESS_RETRY_MAX, until it stays up. One that dies later is started again at once.
+TRADEAPP_PROCESS_START_SECONDS = env.int("TRADEAPP_PROCESS_START_SECONDS", default=30)
+TRADEAPP_PROCESS_START_RETRIES = env.int("TRADEAPP_PROCESS_START_RETRIES", default=5)
+TRADEAPP_PROCESS_RETRY_AFTER = env.float("TRADEAPP_PROCESS_RETRY_AFTER", default=30.0)
+TRADEAPP_PROCESS_RETRY_MAX = env.float("TRADEAPP_PROCESS_RETRY_MAX", default=600.0)
+# Seconds a process gets to stop after SIGTERM (Ctrl-C) before SIGKILL (supervisor's
+# stopwaitsecs); a worker finishes its running tasks meanwhile, or they are delivered again.
+TRADEAPP_PROCESS_STOP_SECONDS = env.int("TRADEAPP_PROCESS_STOP_SECONDS", default=15)
 
 # --- Security ---------------------------------------------------------------------------------
 
@@ -341,6 +420,59 @@ if PRODUCTION:
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 
+# --- Sign-in limits (django-axes) -------------------------------------------------------------
+
+# Every password check (the sign-in page, the admin's, POST /api/token/) passes axes' backend
+# first. After TRADEAPP_SIGNIN_FAILURE_LIMIT failures for one username (from any addresses), or
+# from one address (for any usernames), sign-in there is refused, even with the right password:
+# 429, the page registration/locked_out.html or the API's error shape (tradeapp.receivers.
+# locked_out), until TRADEAPP_SIGNIN_COOLOFF_MINUTES pass without a failure counted (a guesser
+# going on from the same address keeps it on) or staff delete the attempts in the admin (Axes >
+# Access attempts).
+# Attempts are rows in the database (AccessAttempt, and every failure in AccessFailureLog);
+# failures and lockouts are also events on system_events (tradeapp.receivers). The address is
+# REMOTE_ADDR: the client as uvicorn reports it (behind a proxy on another host, give uvicorn
+# FORWARDED_ALLOW_IPS, or every client shares the proxy's address).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_ENABLE_ACCESS_FAILURE_LOG = True
+AXES_LOCKOUT_CALLABLE = "tradeapp.receivers.locked_out"
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = True
+# Failed sign-ins that lock a username or an address out.
+AXES_FAILURE_LIMIT = env.int("TRADEAPP_SIGNIN_FAILURE_LIMIT", default=5)
+# Minutes a lockout lasts after the last failure; failures older than that are forgotten.
+_signin_cooloff_minutes = env.int("TRADEAPP_SIGNIN_COOLOFF_MINUTES", default=15)
+# What is counted, each on its own: "username" (one username guessed from many addresses),
+# "ip_address" (one address guessing many usernames), or both.
+_signin_lockout_by = env.list("TRADEAPP_SIGNIN_LOCKOUT_BY", default=["username", "ip_address"])
+if AXES_FAILURE_LIMIT < 1:
+    raise ImproperlyConfigured("TRADEAPP_SIGNIN_FAILURE_LIMIT must be at least 1.")
+if _signin_cooloff_minutes < 1:
+    raise ImproperlyConfigured("TRADEAPP_SIGNIN_COOLOFF_MINUTES must be at least 1.")
+if not _signin_lockout_by or not set(_signin_lockout_by) <= {"username", "ip_address"}:
+    raise ImproperlyConfigured(
+        "TRADEAPP_SIGNIN_LOCKOUT_BY must be username, ip_address or both (comma-separated), "
+        f"not {','.join(_signin_lockout_by)!r}."
+    )
+AXES_COOLOFF_TIME = timedelta(minutes=_signin_cooloff_minutes)
+AXES_LOCKOUT_PARAMETERS = list(dict.fromkeys(_signin_lockout_by))
+# A successful sign-in forgets that username's failures from that address. Done by
+# tradeapp.receivers, not by axes' AXES_RESET_ON_SUCCESS, which would also forget every failure
+# from the address: anyone with an account could wipe the count of their guesses at another's.
+TRADEAPP_SIGNIN_RESET_ON_SUCCESS = env.bool("TRADEAPP_SIGNIN_RESET_ON_SUCCESS", default=True)
+AXES_RESET_ON_SUCCESS = False
+# POST /api/token/ is also throttled per address (api.auth), before any password is checked.
+TRADEAPP_API_TOKEN_RATE = env.str("TRADEAPP_API_TOKEN_RATE", default="20/min").strip()
+if not re.fullmatch(r"[1-9][0-9]*/(s|sec|m|min|h|hour|d|day)", TRADEAPP_API_TOKEN_RATE):
+    raise ImproperlyConfigured(
+        f"TRADEAPP_API_TOKEN_RATE must look like 20/min (per s, min, hour or day), not "
+        f"{TRADEAPP_API_TOKEN_RATE!r}."
+    )
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["token"] = TRADEAPP_API_TOKEN_RATE
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -349,6 +481,22 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Per-user limits --------------------------------------------------------------------------
+
+# What one user may ask of the shared workers and bots (tradeapp.limits decides; staff set a
+# user's own values on the user's admin page, "Per-user limits"; staff have these defaults
+# too unless their own row raises them). Research runs (backtests and optimisations) queued or
+# running at once:
+TRADEAPP_LIMIT_CONCURRENT_RUNS = env.int("TRADEAPP_LIMIT_CONCURRENT_RUNS", default=3)
+# Combinations one optimisation may try (a grid's size, random search's draws, a walk-forward
+# window's grid), checked before anything is enumerated:
+TRADEAPP_LIMIT_COMBINATIONS = env.int("TRADEAPP_LIMIT_COMBINATIONS", default=100_000)
+# Bars one backtest or optimisation may cover, estimated from the period and timeframe
+# ((end - start) / timeframe) before any candle is loaded; 2,000,000 is 3.8 years of 1m bars:
+TRADEAPP_LIMIT_BARS = env.int("TRADEAPP_LIMIT_BARS", default=2_000_000)
+# Bots one user may own (running or not):
+TRADEAPP_LIMIT_BOTS = env.int("TRADEAPP_LIMIT_BOTS", default=50)
 
 # --- Bots -------------------------------------------------------------------------------------
 

@@ -20,14 +20,6 @@ from tests.faults.support import Platform, PrivatePostgres, PrivateRedis, free_p
 TEMPLATE_DB = "faults_template"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "service_restarts: restarts private Redis/PostgreSQL under the platform's "
-        "real processes (2-3 min; the same in either profile)",
-    )
-
-
 N_BOTS = 6
 
 

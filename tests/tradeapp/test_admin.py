@@ -15,7 +15,13 @@ from django.db import connection
 from django.urls import reverse
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from backtests.models import BacktestRun, OptimizationResult, OptimizationRun, RunStatus
+from backtests.models import (
+    BacktestRun,
+    OptimizationChunk,
+    OptimizationResult,
+    OptimizationRun,
+    RunStatus,
+)
 from bots.models import (
     BotEvent,
     ExchangeAccount,
@@ -127,6 +133,9 @@ def one_of_each(db) -> dict[str, object]:
         "backtestrun": backtest,
         "optimizationrun": run,
         "optimizationresult": result,
+        "optimizationchunk": OptimizationChunk.objects.create(
+            run=run, index=0, combinations=[{"fast": 5, "slow": 20}], worker="w1@host"
+        ),
     }
     assert sorted(rows) == sorted(model for app, model in OUR_MODELS)  # one row of each
     return rows

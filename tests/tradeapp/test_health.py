@@ -75,3 +75,26 @@ def test_healthz_reports_a_silent_collector(client, staff_user):
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["collection"]["ok"] is False
+
+
+@pytest.mark.django_db
+def test_healthz_has_no_processes_part_when_not_run_by_supervisord(client, staff_user, monkeypatch):
+    """systemd or the test suite run the processes: /healthz neither lists nor fails them
+    (tests/tradeapp/test_supervise.py checks the part under `make run`)."""
+    monkeypatch.delenv("SUPERVISOR_SERVER_URL", raising=False)
+    client.force_login(staff_user)
+    assert "processes" not in client.get("/healthz").json()
+
+
+@pytest.mark.django_db
+def test_healthz_503_when_the_supervisord_it_runs_under_is_gone(
+    client, staff_user, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("SUPERVISOR_SERVER_URL", f"unix://{tmp_path / 'supervisor.sock'}")
+    anonymous = client.get("/healthz")
+    assert anonymous.status_code == 503
+    assert anonymous.json()["processes"].keys() == {"ok", "ms"}
+    client.force_login(staff_user)
+    processes = client.get("/healthz").json()["processes"]
+    assert processes["ok"] is False
+    assert "FileNotFoundError" in processes["error"]

@@ -27,6 +27,7 @@ print(json.dumps({
     "allowed_hosts": settings.ALLOWED_HOSTS,
     "ssl_redirect": getattr(settings, "SECURE_SSL_REDIRECT", False),
     "secret_len": len(settings.SECRET_KEY),
+    "ws_recheck": settings.TRADEAPP_WS_SESSION_RECHECK,
 }))
 """
 PROD = {
@@ -39,7 +40,8 @@ PROD = {
 }
 PROFILE_VARS = (
     "DATABASE_URL", "REDIS_URL", "DJANGO_SECRET_KEY", "DJANGO_ALLOWED_HOSTS", "DJANGO_DEBUG",
-    "TRADEAPP_DATABASE_NAME", "TRADEAPP_VAR_DIR", "TRADEAPP_FERNET_KEYS",
+    "TRADEAPP_DATABASE_NAME", "TRADEAPP_VAR_DIR", "TRADEAPP_FERNET_KEYS", "TRADEAPP_HOST",
+    "TRADEAPP_WS_SESSION_RECHECK",
 )  # fmt: skip
 
 
@@ -142,3 +144,42 @@ def test_settings_debug_production_fails_deploy_checks():
                       "--fail-level", "WARNING")  # fmt: skip
     assert proc.returncode != 0
     assert "DEBUG" in proc.stderr + proc.stdout
+
+
+# --- DEBUG only on a loopback address ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("[::1]", True),
+        ("localhost", True), ("LocalHost", True), ("::ffff:127.0.0.1", True),
+        ("0.0.0.0", False), ("::", False), ("192.168.1.20", False), ("[2001:db8::1]", False),
+        ("trade.example.com", False), ("localhost.example.com", False),
+    ],
+)  # fmt: skip
+def test_settings_loopback_hosts(host, loopback):
+    from tradeapp.settings import _loopback
+
+    assert _loopback(host) is loopback
+
+
+def test_settings_embedded_debug_is_on_only_while_served_on_loopback(tmp_path):
+    var = {"TRADEAPP_VAR_DIR": str(tmp_path)}
+    default = resolve(var)  # TRADEAPP_HOST unset: 127.0.0.1 (the other names: above)
+    assert default["debug"] is True
+    assert default["ws_recheck"] == 60  # TRADEAPP_WS_SESSION_RECHECK's default
+    assert resolve({**var, "TRADEAPP_HOST": "0.0.0.0"})["debug"] is False
+
+
+@pytest.mark.parametrize("profile", ["embedded", "production"])
+def test_settings_explicit_debug_on_a_non_loopback_host_refuses_to_start(tmp_path, profile):
+    base = {"TRADEAPP_VAR_DIR": str(tmp_path)} if profile == "embedded" else PROD
+    message = refusal({**base, "DJANGO_DEBUG": "1", "TRADEAPP_HOST": "0.0.0.0"})
+    assert "DJANGO_DEBUG=1 with TRADEAPP_HOST=0.0.0.0" in message
+    assert "loopback" in message
+
+
+def test_settings_ws_session_recheck_must_be_a_positive_number_of_seconds(tmp_path):
+    message = refusal({"TRADEAPP_VAR_DIR": str(tmp_path), "TRADEAPP_WS_SESSION_RECHECK": "0"})
+    assert "TRADEAPP_WS_SESSION_RECHECK must be a positive number of seconds" in message

@@ -2,6 +2,7 @@ import json
 import time
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from backtests import services
@@ -85,6 +86,8 @@ class Command(BaseCommand):
             )  # fmt: skip
         except (StrategyParameterError, UnknownStrategyError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
+        except ValidationError as exc:  # an engine setting, the owner's limits
+            raise CommandError("; ".join(exc.messages)) from exc
         self.stdout.write(f"backtest #{run.pk} {'running here' if o['local'] else 'queued'}")
         if o["local"]:
             services.backtest_execute(run.pk)
