@@ -322,6 +322,17 @@ def _start(
     return run
 
 
+def _mark_done(run: BacktestRun | OptimizationRun, fields: list[str] | None = None) -> None:
+    """Finish a locked run (in the caller's transaction) and announce it; ``fields``: the other
+    fields the caller set (all fields are saved when None)."""
+    run.status = RunStatus.DONE
+    run.progress = 1.0
+    run.finished_at = timezone.now()
+    update = None if fields is None else [*fields, "status", "progress", "finished_at"]
+    run.save(update_fields=update)
+    _progress(run, 1.0, RunStatus.DONE)
+
+
 def _mark_failed(run: BacktestRun | OptimizationRun, error: str, now: datetime) -> None:
     """Fail a locked run with ``error`` (in the caller's transaction)."""
     run.status = RunStatus.FAILED
@@ -426,11 +437,7 @@ def _backtest_store(run_id: int, attempt: int, result: Any) -> BacktestRun:
     locked.equity_blob = pack_equity(result.equity)
     locked.trades_blob = pack_trades(result.trades)
     locked.trades_count = len(result.trades)
-    locked.status = RunStatus.DONE
-    locked.progress = 1.0
-    locked.finished_at = timezone.now()
-    locked.save()
-    _progress(locked, 1.0, RunStatus.DONE)
+    _mark_done(locked)
     return locked
 
 
@@ -735,11 +742,7 @@ def _walk_forward_store(
     locked.best_metrics = _json_metrics(result.metrics)
     locked.best_parameters = windows[-1].get("parameters", {}) if windows else {}
     locked.combinations = len(windows)
-    locked.status = RunStatus.DONE
-    locked.progress = 1.0
-    locked.finished_at = timezone.now()
-    locked.save()
-    _progress(locked, 1.0, RunStatus.DONE)
+    _mark_done(locked)
     return locked
 
 
@@ -858,12 +861,8 @@ def _finish_store(run_id: int, best: int | None) -> None:
         chosen = OptimizationResult.objects.get(pk=best)
         run.best_parameters = chosen.parameters
         run.best_metrics = chosen.metrics
-    run.status = RunStatus.DONE
-    run.progress = 1.0
-    run.finished_at = run.heartbeat_at = timezone.now()
-    run.save(update_fields=["best_parameters", "best_metrics", "status", "progress",
-                            "finished_at", "heartbeat_at"])  # fmt: skip
-    _progress(run, 1.0, RunStatus.DONE)
+    run.heartbeat_at = timezone.now()
+    _mark_done(run, ["best_parameters", "best_metrics", "heartbeat_at"])
 
 
 def runs_recover_stale(
