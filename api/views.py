@@ -35,7 +35,6 @@ from bots.models import (
     ExchangeAccount,
     Order,
     Position,
-    RiskBudget,
     Signal,
     Trade,
 )
@@ -290,7 +289,7 @@ class KillSwitchView(APIView):
 
     @staticmethod
     def _state(user: Any) -> Response:
-        at = RiskBudget.objects.filter(owner=user).values_list("kill_switch_at", flat=True).first()
+        at = selectors.kill_switch_engaged_at(user)
         return Response(KillSwitchState({"engaged": at is not None, "engaged_at": at}).data)
 
     @extend_schema(responses=KillSwitchState)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from django.db.models import Count, OuterRef, QuerySet, Subquery, Sum
 
-from bots.models import Bot, BotEvent, Order, Position, Signal, Trade
+from bots.models import Bot, BotEvent, Order, Position, RiskBudget, Signal, Trade
 from marketdata.models import Candle
 from marketdata.selectors import candles_frame
 from marketdata.services import datetime_to_ms
@@ -294,6 +295,13 @@ def bot_chart(bot: Bot, *, limit: int = CHART_CANDLES) -> dict[str, Any]:
                 {"time_ms": datetime_to_ms(exit_time), "side": "sell", "text": reason}
             )
     return out
+
+
+def kill_switch_engaged_at(user: Any) -> datetime | None:
+    """When ``user``'s own kill switch was engaged, or None (not engaged, or never): what the
+    pages' release banner and ``/api/kill-switch/`` show."""
+    rows = RiskBudget.objects.filter(owner=user).values_list("kill_switch_at", flat=True)
+    return rows.first()
 
 
 # --- the platform's event log (the REST API) -------------------------------------------------

@@ -24,7 +24,7 @@ from bots import selectors, services
 from bots.brokers import BrokerError
 from bots.forms import BotCreateForm, BotEditForm, ParametersForm, service_errors
 from bots.manager import BotManager
-from bots.models import Bot, RiskBudget
+from bots.models import Bot
 from bots.parity import parity_check
 from strategies.base import StrategyParameterError
 from strategies.registry import UnknownStrategyError, available, get_strategy
@@ -42,13 +42,6 @@ SERVICE_ERRORS = (
     StrategyParameterError, UnknownStrategyError, ValidationError, services.BotStateError,
     ValueError,
 )  # fmt: skip
-
-
-def _kill_switch_at(user: Any) -> Any:
-    """When ``user``'s own kill switch was engaged, or None: the pages show it with a release
-    button (``kill_switch_release``)."""
-    switch = RiskBudget.objects.filter(owner=user).values_list("kill_switch_at", flat=True)
-    return switch.first()
 
 
 def _bot_or_404(request: HttpRequest, pk: int) -> Bot:
@@ -76,7 +69,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "totals": selectors.portfolio_totals(selectors.bots_visible(user, everyone=everyone)),
         # Staff see the platform's events, everyone else those of their own bots.
         "events": selectors.recent_events(user, everyone=bool(user.is_staff)),
-        "kill_switch_at": _kill_switch_at(user),
+        "kill_switch_at": selectors.kill_switch_engaged_at(user),
         "page_data": {
             "stream": stream + ("&all=1" if everyone else ""),
             "staff": bool(user.is_staff),
@@ -112,7 +105,7 @@ def bot_list(request: HttpRequest) -> HttpResponse:
         "page": page,
         "filters": filters,
         "query": query.urlencode(),
-        "kill_switch_at": _kill_switch_at(request.user),
+        "kill_switch_at": selectors.kill_switch_engaged_at(request.user),
     }
     return render(request, "bots/list.html", context)
 
@@ -245,7 +238,8 @@ def bot_detail(request: HttpRequest, pk: int) -> HttpResponse:
         },
     }  # fmt: skip
     # The viewer's own kill switch (staff release another user's in the admin).
-    own_switch = _kill_switch_at(request.user) if bot.owner_id == request.user.pk else None
+    own = bot.owner_id == request.user.pk
+    own_switch = selectors.kill_switch_engaged_at(request.user) if own else None
     context = {
         "bot": bot,
         "strategy": strategy,

@@ -65,8 +65,6 @@ TokenAdmin.raw_id_fields = ("user",)
 
 # --- per-user limits ------------------------------------------------------------------------------
 
-_LIMIT_FIELDS = ("concurrent_runs", "combinations", "bars", "bots")
-
 
 def _in_effect(user) -> str:
     """The user's effective limits and what they use now, one line."""
@@ -77,28 +75,30 @@ def _in_effect(user) -> str:
     )
     if getattr(user, "pk", None) is None:
         return text
-    from bots.models import Bot
-
     runs = limits.research_runs_active(user)
-    bots = Bot.objects.filter(owner_id=user.pk).count()
+    bots = limits.bots_owned(user)
     return f"{text}; now {runs} run(s) queued or running, {bots} bot(s)"
 
 
-class UserLimitsInline(admin.StackedInline):
+class _InEffect:
+    """The ``in_effect`` read-only field of the limits' admin forms."""
+
+    @admin.display(description="in effect")
+    def in_effect(self, obj: UserLimits | None) -> str:
+        return _in_effect(obj.user if obj is not None and obj.user_id else None)
+
+
+class UserLimitsInline(_InEffect, admin.StackedInline):
     """The user's own limits on the user's page; an empty value is the installation's default
     (``TRADEAPP_LIMIT_*``). Saved with the user form; deleting the row restores every default."""
 
     model = UserLimits
-    fields = (*_LIMIT_FIELDS, "note", "in_effect")
+    fields = (*limits.LIMIT_NAMES, "note", "in_effect")
     readonly_fields = ("in_effect",)
     max_num = 1
     extra = 1
     verbose_name = "per-user limits (empty: the installation's default)"
     verbose_name_plural = verbose_name
-
-    @admin.display(description="in effect")
-    def in_effect(self, obj: UserLimits | None) -> str:
-        return _in_effect(obj.user if obj is not None and obj.user_id else None)
 
 
 User = get_user_model()
@@ -118,17 +118,13 @@ class UserAdmin(_RegisteredUserAdmin):
 
 
 @admin.register(UserLimits)
-class UserLimitsAdmin(admin.ModelAdmin):
+class UserLimitsAdmin(_InEffect, admin.ModelAdmin):
     """Every user with limits of their own (the others have the defaults)."""
 
-    list_display = ("user", *_LIMIT_FIELDS, "note", "updated_at")
+    list_display = ("user", *limits.LIMIT_NAMES, "note", "updated_at")
     list_select_related = ("user",)
     search_fields = ("user__username", "user__email", "note")
     raw_id_fields = ("user",)
-    fields = ("user", *_LIMIT_FIELDS, "note", "in_effect")
+    fields = ("user", *limits.LIMIT_NAMES, "note", "in_effect")
     readonly_fields = ("in_effect",)
     empty_value_display = "default"
-
-    @admin.display(description="in effect")
-    def in_effect(self, obj: UserLimits | None) -> str:
-        return _in_effect(obj.user if obj is not None and obj.user_id else None)

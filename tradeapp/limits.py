@@ -178,15 +178,21 @@ def check_research_runs(user: Any, *, lock: bool = True) -> None:
         )  # fmt: skip
 
 
+def bots_owned(user: Any) -> int:
+    """The bots ``user`` owns (what the ``bots`` limit counts)."""
+    from bots.models import Bot
+
+    return Bot.objects.filter(owner_id=user.pk).count()
+
+
 def check_bots(user: Any, *, lock: bool = True) -> None:
     """Refuse (429) a new bot when the user owns ``bots`` bots already (``lock`` as in
     ``check_research_runs``)."""
-    from bots.models import Bot
 
     if lock:
         _lock_user(user)
     limit = limits_for(user).bots
-    owned = Bot.objects.filter(owner_id=user.pk).count()
+    owned = bots_owned(user)
     if owned >= limit:
         raise LimitExceeded(
             f"you have {owned} bot{'s' if owned != 1 else ''} (your limit is {limit}); "
