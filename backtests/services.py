@@ -574,10 +574,10 @@ def _dispatch(owner_id: int) -> dict[int, list[int]]:
     research fair: one user's searches enter the queue a few chunks at a time, each finished
     chunk sending the next, so another user's backtest queued meanwhile waits behind a few
     chunks instead of whole searches. Returns the chunk indexes sent, by run."""
-    from django.contrib.auth import get_user_model
+    from tradeapp.limits import lock_user
 
     # One decision per user at a time: two chunks finishing together do not both fill a slot.
-    list(get_user_model().objects.select_for_update().filter(pk=owner_id).values_list("pk"))
+    lock_user(owner_id)
     chunks = OptimizationChunk.objects.filter(
         run__owner_id=owner_id, run__status=RunStatus.RUNNING, run__chunks_total__gt=0
     )

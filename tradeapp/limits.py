@@ -141,14 +141,15 @@ class SizeChecks:
             raise LimitExceeded(limited, limit=self.exceeded[0].limit, status_code=TOO_BIG)
 
 
-def _lock_user(user: Any) -> None:
+def lock_user(user_id: Any) -> None:
     """Lock the user's row until the caller's transaction ends: the next request of the same
-    user counts after this one stored its row (or gave up)."""
+    user counts after this one stored its row (or gave up); the research queue's next chunks
+    of the user are chosen after this choice is stored (``backtests.services._dispatch``)."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError(
-            "a counting limit check must run inside the transaction that stores the new row"
+            "a user's row is locked inside the transaction that stores what it decided"
         )
-    list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk"))
+    list(get_user_model().objects.select_for_update().filter(pk=user_id).values_list("pk"))
 
 
 def research_runs_active(user: Any) -> int:
@@ -167,7 +168,7 @@ def check_research_runs(user: Any, *, lock: bool = True) -> None:
     ``lock``: count under the user's row lock (in the transaction that stores the run); a
     form's early check (``lock=False``) only shows the message sooner."""
     if lock:
-        _lock_user(user)
+        lock_user(user.pk)
     limit = limits_for(user).concurrent_runs
     active = research_runs_active(user)
     if active >= limit:
@@ -190,7 +191,7 @@ def check_bots(user: Any, *, lock: bool = True) -> None:
     ``check_research_runs``)."""
 
     if lock:
-        _lock_user(user)
+        lock_user(user.pk)
     limit = limits_for(user).bots
     owned = bots_owned(user)
     if owned >= limit:
